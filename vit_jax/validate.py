@@ -1,0 +1,105 @@
+"""Checks a config before anything is loaded or compiled: one clear line per problem."""
+import numbers
+
+import jax
+
+from vit_jax import variants
+
+OPTIMIZERS = ('setadam', 'adamw', 'sgd')
+SCHEDULES = ('cosine', 'constant')
+DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
+# Fields that may change when a run is resumed; any other change means another run.
+RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'log_every_steps', 'checkpoint_every_epochs',
+                     'checkpoint_every_steps', 'keep_checkpoints', 'exactness_check_every_steps',
+                     'on_nonfinite', 'eval_batch_size', 'data_dir', 'distributed')
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message names the field and the fix."""
+
+
+def _number(config, field, kind=numbers.Real, positive=True, allow_zero=False):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  if isinstance(value, bool) or not isinstance(value, kind):
+    want = 'an integer' if kind is numbers.Integral else 'a number'
+    raise ConfigError(f'config.{field}={value!r} must be {want}; e.g. --config.{field}=...')
+  if positive and (value < 0 or (value == 0 and not allow_zero)):
+    bound = '>= 0' if allow_zero else '> 0'
+    raise ConfigError(f'config.{field}={value!r} must be {bound}')
+  return value
+
+
+def _choice(value, field, choices):
+  if value not in choices:
+    raise ConfigError(f"config.{field}={value!r} is unknown; choose one of: {', '.join(choices)}")
+
+
+def check_config(config, num_devices: int | None = None) -> None:
+  """Raises ConfigError for the first invalid field."""
+  m = config.model
+  _choice(m.variant, 'model.variant', variants.VARIANTS)
+  _choice(config.optimizer, 'optimizer', OPTIMIZERS)
+  _choice(config.schedule, 'schedule', SCHEDULES)
+  _choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
+  ds = config.dataset
+  if not isinstance(ds, str) or not (ds in ('cifar10', 'mnist') or
+                                     (ds.split(':', 1)[0] in ('folder', 'mnist_idx') and ':' in ds and ds.split(':', 1)[1])):
+    raise ConfigError(f"config.dataset={ds!r} is unknown; use one of: {', '.join(DATASETS)}")
+  for field in ('num_epochs', 'batch_size', 'eval_batch_size', 'model.image_size',
+                'model.channels', 'model.num_classes', 'model.patch_size', 'model.dim',
+                'model.depth', 'model.heads', 'model.dim_head', 'model.mlp_dim'):
+    _number(config, field, numbers.Integral)
+  for field in ('checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
+                'log_every_steps', 'exactness_check_every_steps'):
+    _number(config, field, numbers.Integral, allow_zero=True)
+  _number(config, 'learning_rate')
+  for field in ('weight_decay', 'warmup_epochs', 'grad_clip_norm', 'label_smoothing',
+                'model.dropout', 'model.emb_dropout', 'sgd_momentum'):
+    _number(config, field, allow_zero=True)
+  for field in ('model.dropout', 'model.emb_dropout', 'label_smoothing'):
+    if _number(config, field, allow_zero=True) >= 1:
+      raise ConfigError(f'config.{field} must be in [0, 1)')
+  if m.image_size % m.patch_size:
+    raise ConfigError(f'config.model.patch_size={m.patch_size} does not divide '
+                      f'model.image_size={m.image_size}; pick a divisor (e.g. 4)')
+  for section in ('bdia', 'momentum_net'):
+    bits = _number(config, f'{section}.quant_bits', numbers.Integral)
+    if not 4 <= bits <= 16:
+      raise ConfigError(f'config.{section}.quant_bits={bits} is outside the safe range 4..16: '
+                        'fewer bits lose the activations, more shrink the exact float32 range '
+                        '(|x| < 2^(24-bits)) below what activations reach')
+  beta_bits = _number(config, 'momentum_net.beta_bits', numbers.Integral)
+  if not 1 <= beta_bits <= 6:
+    raise ConfigError(f'config.momentum_net.beta_bits={beta_bits} must be in 1..6 '
+                      '(beta = 1 - 2^-bits, from 0.5 to 0.984)')
+  n = num_devices or jax.device_count()
+  if config.batch_size % n:
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by the '
+                      f'{n} devices; use a multiple of {n}')
+
+
+def check_dataset_matches(config, ds) -> None:
+  """The data set's image size, channels and classes must match config.model."""
+  m = config.model
+  for field, want in (('image_size', ds.image_size), ('channels', ds.channels),
+                      ('num_classes', ds.num_classes)):
+    if m[field] != want:
+      raise ConfigError(f'config.model.{field}={m[field]} but data set {ds.name!r} has '
+                        f'{want}; set --config.model.{field}={want} or use the matching preset')
+  if config.batch_size > len(ds.train_labels):
+    raise ConfigError(f'config.batch_size={config.batch_size} exceeds the '
+                      f'{len(ds.train_labels)} training images')
+
+
+def changed_fields(old: dict, new: dict, prefix='') -> list[str]:
+  """Dotted names of fields that differ between two config dicts (JSON form)."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += changed_fields(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}')
+  return out
