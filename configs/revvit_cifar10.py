@@ -1,9 +1,5 @@
 """RevViT (two-stream reversible) on cifar10: the original recipe (setadam, lr 1e-4, batch 128, cosine)."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from base import preset  # noqa: E402
+from vit_jax.presets import preset
 
 
 def get_config():

@@ -31,6 +31,7 @@ class ViT(nn.Module):
   quant_bits: int = 9
   beta_bits: int = 3
   dtype: jnp.dtype = jnp.float32       # compute dtype; parameters and streams stay float32
+  reversible_backprop: bool = True     # False: autodiff through the same forward (reference)
 
   @property
   def stream_dtype(self):
@@ -67,7 +68,7 @@ class ViT(nn.Module):
 
     streams = variant.init(x)
     trace = None
-    if train and variant.reversible:
+    if train and variant.reversible and self.reversible_backprop:
       stack = reversible.reversible_stack(variant, branch_fn, record=probe is not None)
       streams = stack(params, streams, aux, keys, probe)
       if probe is not None:

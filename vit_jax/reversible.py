@@ -13,11 +13,14 @@ in reverse order, starting from the stack's output and its cotangent ḡ:
     θ̄_k, ḡb'   = vjp_h(ḡh)                        # one backward through the branch
     ḡb        += ḡb'
 
-so each branch runs once forward and once forward+backward, and memory holds only the
+so each branch runs once forward and, in the backward pass, once to rebuild (isolated,
+bit-identical to the forward) and once inside its VJP; memory holds only the
 current streams, the side bits (packed) and the keys: it does not grow with depth but
 for the side bits. The exact variants rebuild every stream bit for bit, because the
 backward pass recomputes h with the same function, inputs and keys as the forward pass.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -32,12 +35,25 @@ def _reorder(streams, order, inverse=False):
   return tuple(streams[i] for i in order)
 
 
+def isolated(branch_fn, params, name, x, key):
+  """h(x) computed as an island that XLA cannot fuse with its surroundings.
+
+  The forward pass and the backward pass's recomputation then compile h identically and
+  produce the same bits. Without the barriers, XLA:GPU fused h differently in the two
+  places (other fusions, reduction orders, FMA contraction) and BDIA's quantizer turned
+  last-bit differences into whole grid steps (measured on an H100, see RESULTS.md).
+  """
+  params, x = jax.lax.optimization_barrier((params, x))
+  return jax.lax.optimization_barrier(branch_fn(params, name, x, key))
+
+
 def block_forward(variant, branch_fn, params, streams, aux, key):
   """Applies one block's couplings; returns (new streams, side info per coupling)."""
   streams, sides = list(streams), []
+  h = functools.partial(isolated, branch_fn) if variant.reversible else branch_fn
   for i, c in enumerate(variant.couplings):
     b = streams[c.source]
-    hb = None if c.branch is None else branch_fn(params, c.branch, b, jax.random.fold_in(key, i))
+    hb = None if c.branch is None else h(params, c.branch, b, jax.random.fold_in(key, i))
     streams[c.target], side = c.forward(streams[c.target], b, hb, aux)
     sides.append(side)
   return _reorder(streams, variant.order), sides
@@ -51,16 +67,14 @@ def block_backward(variant, branch_fn, params, streams, grads, aux, key, sides):
   for i in reversed(range(len(variant.couplings))):
     c = variant.couplings[i]
     b = streams[c.source]
-    if c.branch is None:
-      hb = None
-    else:
-      fn = lambda p, x: branch_fn(p, c.branch, x, jax.random.fold_in(key, i))
-      hb, vjp_branch = jax.vjp(fn, params, b)
+    k = jax.random.fold_in(key, i)
+    hb = None if c.branch is None else isolated(branch_fn, params, c.branch, b, k)
     a = c.inverse(streams[c.target], b, hb, aux, sides[i])
     _, vjp_forward = jax.vjp(lambda a, b, hb: c.forward(a, b, hb, aux)[0], a, b, hb)
     grad_a, grad_b, grad_hb = vjp_forward(grads[c.target])
-    if c.branch is not None:
-      grad_p, grad_b_branch = vjp_branch(grad_hb)
+    if c.branch is not None:  # h again, inside its VJP, on inputs XLA cannot merge with ``hb``'s
+      fn = lambda p, x: branch_fn(p, c.branch, x, k)
+      grad_p, grad_b_branch = jax.vjp(fn, *jax.lax.optimization_barrier((params, b)))[1](grad_hb)
       grad_params = jax.tree.map(jnp.add, grad_params, grad_p)
       grad_b = grad_b + grad_b_branch
     streams[c.target], grads[c.target] = a, grad_a

@@ -1,0 +1,68 @@
+"""Shared tiny-model helpers for the model/quant/reversible tests.
+
+JAX compilation dominates the test time on CPU, so models are tiny (8x8 images, patch 4:
+5 tokens of width 16) and parameters are initialised once per architecture at depth
+``INIT_DEPTH`` and sliced: a stack's blocks are independent draws on a leading depth axis,
+so the first ``d`` blocks of a deep init are a valid depth-``d`` init (re-initialising at
+every depth would compile the vmapped init again for each depth, ~5 s each).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vit_jax import model
+
+TINY = dict(num_classes=3, patch_size=4, dim=16, heads=2, dim_head=8, mlp_dim=32,
+            dropout=0.1, emb_dropout=0.1)
+IMAGE = 8           # 8x8 images, patch 4: 4 patches + CLS = 5 tokens
+BATCH = 2
+INIT_DEPTH = 12     # deepest stack the tests use with real parameters
+
+_PARAMS = {}
+
+
+def tiny_model(variant: str = 'vit', depth: int = 2, dtype=jnp.float32, **kw) -> model.ViT:
+  """A tiny ViT (dim 16, 2 heads of 8, MLP 32, 3 classes, dropout 0.1 unless overridden)."""
+  return model.ViT(**{**TINY, **kw}, depth=depth, variant=variant, dtype=dtype)
+
+
+def tiny_params(m: model.ViT, image_size: int = IMAGE, channels: int = 3, seed: int = 0):
+  """Float32 parameters for ``m`` (cached per architecture, blocks sliced to m.depth)."""
+  deep = max(m.depth, INIT_DEPTH)
+  # Only the head of 'revvit' differs (it reads both streams); every other variant
+  # shares one parameter tree, so they share one init.
+  arch = m.clone(depth=deep, variant='revvit' if m.variant == 'revvit' else 'vit',
+                 dtype=jnp.float32)
+  key = (repr(arch), image_size, channels, seed)
+  if key not in _PARAMS:
+    images = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+    # The 'rbg' PRNG compiles faster than threefry; the draws are the same distributions.
+    # Always float32 and outside x64 mode, whichever test asks first: under x64 the
+    # cls/pos/temperature initialisers would otherwise default to float64.
+    with jax.enable_x64(False):
+      rng = jax.random.key(seed, impl='rbg')
+      params = jax.jit(arch.init)({'params': rng}, images)['params']
+    _PARAMS[key] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  params = dict(_PARAMS[key])
+  params['blocks'] = jax.tree.map(lambda a: a[:m.depth], params['blocks'])
+  return params
+
+
+def xent(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def rel_err(a, b) -> float:
+  """||a - b|| / ||b|| (0 when both are 0), in float64 NumPy."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  nb = np.linalg.norm(b)
+  return float(np.linalg.norm(a - b) / nb) if nb else float(np.linalg.norm(a))
+
+
+@pytest.fixture(scope='session')
+def tiny_batch():
+  """(images [BATCH, IMAGE, IMAGE, 3] ~ N(0,1), labels [BATCH] in 0..2)."""
+  images = jax.random.normal(jax.random.PRNGKey(1), (BATCH, IMAGE, IMAGE, 3), jnp.float32)
+  return images, jnp.arange(BATCH, dtype=jnp.int32) % TINY['num_classes']

@@ -1,0 +1,179 @@
+"""Speed and memory of the variants, side by side: the numbers this project exists for.
+
+    python -m vit_jax.bench --variants vit,bdia --depths 6,24 --batch-sizes 128 --steps 10 \
+        --csv out.csv [--markdown out.md] [--isolate] [--config.model.dim=...]
+
+Each configuration compiles the real training step (steps.make_train_step: augmentation,
+forward, backward, SET-Adam update) on a synthetic uint8 data set kept on the device, and
+reports compile time, the median step time over ``--steps`` timed steps after warm-up,
+images/s, model FLOPs utilisation where the device's peak is known, and training memory:
+- ``compiled_analysis``: XLA's buffer assignment for the step (temp + arguments + outputs
+  - aliased), deterministic and available on every backend;
+- ``device_peak`` (with ``--isolate`` on a GPU): the device's peak bytes in use, each
+  configuration in a fresh process (the peak cannot be reset within one), preallocation off.
+Configurations that do not fit are marked OOM instead of stopping the run.
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+COLUMNS = ('variant', 'depth', 'batch_size', 'compile_s', 'step_time_ms', 'images_per_s',
+           'mfu', 'memory_mib', 'memory_ratio_vs_vit', 'memory_source', 'compiled_memory_mib',
+           'state_mib',
+           'device', 'dtype', 'status')
+# Dense peak FLOP/s per device kind and compute dtype (float32 matmuls run as TF32 by default).
+PEAK_FLOPS = {'H100': {'bfloat16': 989e12, 'float32': 494e12},
+              'H200': {'bfloat16': 989e12, 'float32': 494e12},
+              'A100': {'bfloat16': 312e12, 'float32': 156e12}}
+
+
+def make_config(variant: str, depth: int, batch: int, overrides: list[str]):
+  """The CIFAR-10 preset with ``variant``, ``depth``, ``batch`` and --config.* overrides."""
+  from vit_jax import presets
+  c = presets.preset(variant, 'cifar10')
+  c.model.depth, c.batch_size = depth, batch
+  presets.apply_overrides(c, overrides)
+  return c
+
+
+def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str]) -> dict:
+  """Compiles and times one configuration in this process."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from vit_jax import model as model_lib, optim, steps
+  c = make_config(variant, depth, batch, overrides)
+  m = c.model
+  row = dict(variant=variant, depth=depth, batch_size=batch, device=jax.devices()[0].device_kind,
+             dtype='bfloat16' if c.bf16 else 'float32', status='ok')
+  try:
+    mesh = steps.make_mesh()
+    n = 4 * batch
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, m.image_size, m.image_size, m.channels), np.uint8)
+    labels = rng.integers(0, m.num_classes, (n,), np.int32)
+    info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
+    model = model_lib.build(c)
+    tx = optim.make_optimizer(c, info['steps_per_epoch'])
+    rep = steps.replicated(mesh)
+    state = jax.jit(lambda: steps.create_state(model, tx, images.shape[1:], 0), out_shardings=rep)()
+    images, labels = jax.device_put((images, labels), rep)
+    perm, sums = steps.epoch_permutation(0, 0, n), jax.device_put(steps.zero_sums(), rep)
+    t0 = time.perf_counter()
+    compiled = steps.make_train_step(model, info, c, mesh).lower(
+        state, images, labels, perm, sums).compile()
+    row['compile_s'] = round(time.perf_counter() - t0, 2)
+    row['state_mib'] = round(sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20, 1)
+    mem = compiled.memory_analysis()
+    row['compiled_memory_mib'] = round((mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                                        + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20, 1)
+    times = []
+    for i in range(n_steps + 2):  # two warm-up steps
+      t0 = time.perf_counter()
+      state, sums = compiled(state, images, labels, perm, sums)
+      jax.block_until_ready(sums)
+      if i >= 2:
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    row['step_time_ms'] = round(step_s * 1e3, 2)
+    row['images_per_s'] = round(batch / step_s, 1)
+    flops = (compiled.cost_analysis() or {}).get('flops') if hasattr(compiled, 'cost_analysis') else None
+    if isinstance(flops, list):
+      flops = flops[0].get('flops') if flops else None
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in row['device']), {}).get(row['dtype'])
+    row['mfu'] = round(flops / step_s / peak, 4) if flops and peak else ''
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+      row['memory_mib'], row['memory_source'] = round(stats['peak_bytes_in_use'] / 2**20, 1), 'device_peak'
+    else:
+      row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'
+  except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED and friends
+    if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
+      row['status'] = 'OOM'
+    else:
+      raise
+  return row
+
+
+def _measure_isolated(variant, depth, batch, n_steps, overrides) -> dict:
+  """``measure`` in a fresh process, so the device peak belongs to this configuration."""
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
+  cmd = [sys.executable, '-m', 'vit_jax.bench', '--one', json.dumps(
+      [variant, depth, batch, n_steps, overrides])]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
+  if out.returncode or not lines:
+    status = 'OOM' if 'RESOURCE_EXHAUSTED' in out.stderr else f'error: {out.stderr.strip().splitlines()[-1:]}'
+    return dict(variant=variant, depth=depth, batch_size=batch, status=status)
+  return json.loads(lines[-1])
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+  """memory_ratio_vs_vit: memory over vit's at the same depth and batch size."""
+  vit = {(r['depth'], r['batch_size']): r.get('memory_mib') for r in rows if r['variant'] == 'vit'}
+  for r in rows:
+    base = vit.get((r['depth'], r['batch_size']))
+    r['memory_ratio_vs_vit'] = round(r['memory_mib'] / base, 3) if base and r.get('memory_mib') else ''
+  return rows
+
+
+def markdown(rows: list[dict]) -> str:
+  cols = [c for c in COLUMNS if c not in ('device', 'dtype')]
+  lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+  lines += ['| ' + ' | '.join(str(r.get(c, '')) for c in cols) + ' |' for r in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a for a in argv if a.startswith('--config.')]
+  p = argparse.ArgumentParser(prog='python -m vit_jax.bench', description=__doc__.split('\n')[0])
+  p.add_argument('--variants', default='vit,remat,revvit,bdia,momentum')
+  p.add_argument('--depths', default='6,12,24,48')
+  p.add_argument('--batch-sizes', default='128')
+  p.add_argument('--steps', type=int, default=10)
+  p.add_argument('--csv', default='')
+  p.add_argument('--markdown', default='')
+  p.add_argument('--isolate', action='store_true', help='one process per configuration')
+  p.add_argument('--one', help=argparse.SUPPRESS)
+  args = p.parse_args([a for a in argv if not a.startswith('--config.')])
+  if args.one:
+    print(json.dumps(measure(*json.loads(args.one))), flush=True)
+    return
+  from vit_jax import variants
+  names = args.variants.split(',')
+  for name in names:
+    if name not in variants.VARIANTS:
+      p.error(f"--variants: {name!r} is unknown; choose from {', '.join(variants.VARIANTS)}")
+  try:
+    depths = [int(d) for d in args.depths.split(',')]
+    batches = [int(b) for b in args.batch_sizes.split(',')]
+  except ValueError:
+    p.error('--depths and --batch-sizes take comma-separated integers, e.g. 6,24')
+  run = _measure_isolated if args.isolate else measure
+  rows = []
+  for batch in batches:
+    for depth in depths:
+      for name in names:
+        rows.append(run(name, depth, batch, args.steps, overrides))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  add_ratios(rows)
+  table = markdown(rows)
+  print(table)
+  if args.csv:
+    with open(args.csv, 'w', newline='') as f:
+      w = csv.DictWriter(f, COLUMNS, extrasaction='ignore')
+      w.writeheader()
+      w.writerows(rows)
+  if args.markdown:
+    with open(args.markdown, 'w') as f:
+      f.write(table)
+
+
+if __name__ == '__main__':
+  main()

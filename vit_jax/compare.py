@@ -1,0 +1,76 @@
+"""Train several variants with the same budget and seeds, then write the report.
+
+    python -m vit_jax.compare --dataset cifar10 --variants vit,revvit,bdia,momentum \
+        --seeds 3 --workdir runs/cmp [--config.x=y ...]
+
+Each run goes to ``WORKDIR/<variant>/seed<k>`` and is an ordinary train.py run: a finished
+run is skipped, an interrupted one resumes. The report (``python -m vit_jax.report``) is
+written to ``WORKDIR/report``.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from vit_jax import presets, report, variants
+
+
+def run_config(variant: str, dataset: str, seed: int, overrides: list[str]):
+  """The preset for ``variant`` on ``dataset`` (MNIST-sized when the name says mnist)."""
+  c = presets.preset(variant, 'mnist' if 'mnist' in dataset else 'cifar10')
+  c.dataset, c.seed = dataset, seed
+  presets.apply_overrides(c, overrides)
+  return c
+
+
+def _finished(workdir: str, config) -> bool:
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(path):
+    return False
+  from vit_jax import metrics_io
+  s = metrics_io.read_json(path)
+  return bool(s.get('finished')) and s.get('epochs_completed', 0) >= config.num_epochs
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a for a in argv if a.startswith('--config.')]
+  p = argparse.ArgumentParser(prog='python -m vit_jax.compare', description=__doc__.split('\n')[0])
+  p.add_argument('--dataset', required=True, help="cifar10 | mnist | folder:/path | mnist_idx:/path")
+  p.add_argument('--variants', default='vit,revvit,bdia,momentum')
+  p.add_argument('--seeds', type=int, default=1)
+  p.add_argument('--workdir', required=True)
+  args = p.parse_args([a for a in argv if not a.startswith('--config.')])
+  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  names = args.variants.split(',')
+  bad = [n for n in names if n not in variants.VARIANTS]
+  if bad:
+    p.error(f"--variants: {', '.join(bad)} unknown; choose from {', '.join(variants.VARIANTS)}")
+  if args.seeds < 1:
+    p.error('--seeds must be >= 1')
+  from vit_jax import checkpoints, data, train_lib, validate
+  try:
+    run_config(names[0], args.dataset, 0, overrides)
+  except ValueError as e:
+    p.error(str(e))
+  try:
+    for seed in range(args.seeds):
+      for name in names:
+        config = run_config(name, args.dataset, seed, overrides)
+        workdir = os.path.join(args.workdir, name, f'seed{seed}')
+        if _finished(workdir, config):
+          print(f'{workdir}: finished, skipped', flush=True)
+          continue
+        print(f'== {name}, seed {seed} -> {workdir}', flush=True)
+        train_lib.train_and_evaluate(config, workdir)
+  except (validate.ConfigError, data.DataError, train_lib.TrainingError,
+          checkpoints.CheckpointError) as e:
+    p.exit(2, f'compare: error: {e}\n')
+  except train_lib.Preempted as e:
+    p.exit(75, f'compare: {e}\n')
+  report.build_report([args.workdir], os.path.join(args.workdir, 'report'))
+  print(f"report: {os.path.join(args.workdir, 'report', 'results.md')}")
+
+
+if __name__ == '__main__':
+  main()
