@@ -1,8 +1,13 @@
 """What a run leaves in its workdir: metrics.csv, config.json, summary.json, TensorBoard."""
 import csv
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ('epoch', 'step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr',
            'epoch_time_s', 'images_per_s', 'peak_memory_mib', 'memory_source')
@@ -17,9 +22,26 @@ def write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def move_aside(workdir: str) -> None:
+  """--fresh: renames a non-empty ``workdir`` to ``<workdir>.old-<time>``; deletes nothing."""
+  if os.path.exists(workdir) and os.listdir(workdir):
+    aside = f'{os.path.abspath(workdir).rstrip(os.sep)}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+    shutil.move(workdir, aside)
+    log.warning('--fresh: moved the previous run to %s', aside)
+
+
 def read_json(path: str):
   with open(path) as f:
     return json.load(f)
+
+
+def _complete(row: dict) -> bool:
+  try:
+    int(row['epoch'])
+    float(row['val_acc'])
+    return row.get('memory_source') not in (None, '')
+  except (KeyError, TypeError, ValueError):
+    return False
 
 
 class MetricsCsv:
@@ -29,14 +51,16 @@ class MetricsCsv:
     self.path = os.path.join(workdir, 'metrics.csv')
 
   def rows(self) -> list[dict]:
+    """The complete rows (a row cut short by a kill is skipped)."""
     if not os.path.exists(self.path):
       return []
     with open(self.path, newline='') as f:
-      return [r for r in csv.DictReader(f) if r.get('epoch')]
+      return [r for r in csv.DictReader(f) if _complete(r)]
 
   def keep_epochs_up_to(self, epoch: int) -> None:
     """Drops rows after ``epoch`` (written after the checkpoint we resume from)."""
-    rows = [r for r in self.rows() if int(r['epoch']) <= epoch]
+    rows = {int(r['epoch']): r for r in self.rows() if int(r['epoch']) <= epoch}
+    rows = [rows[e] for e in sorted(rows)]  # one row per epoch, the last one written
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix='.tmp')
     with os.fdopen(fd, 'w', newline='') as f:
       writer = csv.DictWriter(f, COLUMNS, extrasaction='ignore')

@@ -40,7 +40,9 @@ def batch_sharded(mesh):
 def create_state(model, tx, image_shape, seed: int) -> TrainState:
   """Initial state (not jitted; wrap it in ``jax.jit`` / ``jax.eval_shape``)."""
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)))['params']
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  # A strongly typed step, like a restored one: fresh and resumed runs share one program.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def step_keys(seed: int, step):

@@ -1,5 +1,14 @@
-"""Checks a config before anything is loaded or compiled: one clear line per problem."""
+"""Checks a config before anything is loaded or compiled: one clear line per problem.
+
+Note on heads × dim_head: attention projects its heads·dim_head features back to
+``dim`` (as in the PyTorch original), so any positive combination is a valid model;
+only positivity is checked.
+"""
+import json
+import math
 import numbers
+import os
+import tempfile
 
 import jax
 
@@ -9,9 +18,10 @@ OPTIMIZERS = ('setadam', 'adamw', 'sgd')
 SCHEDULES = ('cosine', 'constant')
 DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
-RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'log_every_steps', 'checkpoint_every_epochs',
-                     'checkpoint_every_steps', 'keep_checkpoints', 'exactness_check_every_steps',
-                     'on_nonfinite', 'eval_batch_size', 'data_dir', 'distributed')
+RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',
+                     'checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
+                     'exactness_check_every_steps', 'on_nonfinite', 'eval_batch_size',
+                     'data_dir', 'distributed')
 
 
 class ConfigError(ValueError):
@@ -22,12 +32,15 @@ def _number(config, field, kind=numbers.Real, positive=True, allow_zero=False):
   value = config
   for part in field.split('.'):
     value = value[part]
+  want = 'an integer' if kind is numbers.Integral else 'a number'
+  bound = ('>= 0' if allow_zero else '> 0') if positive else ''
+  fix = f'set --config.{field} to {want} {bound}'.rstrip()
   if isinstance(value, bool) or not isinstance(value, kind):
-    want = 'an integer' if kind is numbers.Integral else 'a number'
-    raise ConfigError(f'config.{field}={value!r} must be {want}; e.g. --config.{field}=...')
+    raise ConfigError(f'config.{field}={value!r} is not {want}; {fix}')
+  if not math.isfinite(value):
+    raise ConfigError(f'config.{field}={value!r} is not finite; {fix}')
   if positive and (value < 0 or (value == 0 and not allow_zero)):
-    bound = '>= 0' if allow_zero else '> 0'
-    raise ConfigError(f'config.{field}={value!r} must be {bound}')
+    raise ConfigError(f'config.{field}={value!r} must be {bound}; {fix}')
   return value
 
 
@@ -44,8 +57,8 @@ def check_config(config, num_devices: int | None = None) -> None:
   _choice(config.schedule, 'schedule', SCHEDULES)
   _choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
   ds = config.dataset
-  if not isinstance(ds, str) or not (ds in ('cifar10', 'mnist') or
-                                     (ds.split(':', 1)[0] in ('folder', 'mnist_idx') and ':' in ds and ds.split(':', 1)[1])):
+  kind, sep, path = ds.partition(':') if isinstance(ds, str) else ('', '', '')
+  if not (ds in ('cifar10', 'mnist') or (kind in ('folder', 'mnist_idx') and sep and path)):
     raise ConfigError(f"config.dataset={ds!r} is unknown; use one of: {', '.join(DATASETS)}")
   for field in ('num_epochs', 'batch_size', 'eval_batch_size', 'model.image_size',
                 'model.channels', 'model.num_classes', 'model.patch_size', 'model.dim',
@@ -55,15 +68,18 @@ def check_config(config, num_devices: int | None = None) -> None:
                 'log_every_steps', 'exactness_check_every_steps'):
     _number(config, field, numbers.Integral, allow_zero=True)
   _number(config, 'learning_rate')
+  _number(config, 'seed', numbers.Integral, allow_zero=True)
   for field in ('weight_decay', 'warmup_epochs', 'grad_clip_norm', 'label_smoothing',
                 'model.dropout', 'model.emb_dropout', 'sgd_momentum'):
     _number(config, field, allow_zero=True)
   for field in ('model.dropout', 'model.emb_dropout', 'label_smoothing'):
     if _number(config, field, allow_zero=True) >= 1:
-      raise ConfigError(f'config.{field} must be in [0, 1)')
+      raise ConfigError(f'config.{field} must be in [0, 1); set --config.{field}=0.1, for example')
   if m.image_size % m.patch_size:
+    divisors = [str(d) for d in range(1, m.image_size + 1) if m.image_size % d == 0]
     raise ConfigError(f'config.model.patch_size={m.patch_size} does not divide '
-                      f'model.image_size={m.image_size}; pick a divisor (e.g. 4)')
+                      f'model.image_size={m.image_size}; set --config.model.patch_size to one of '
+                      f'{", ".join(divisors)}')
   for section in ('bdia', 'momentum_net'):
     bits = _number(config, f'{section}.quant_bits', numbers.Integral)
     if not 4 <= bits <= 16:
@@ -103,3 +119,33 @@ def changed_fields(old: dict, new: dict, prefix='') -> list[str]:
     elif a != b:
       out.append(f'{prefix}{key}')
   return out
+
+
+def check_workdir(config, workdir: str, fresh: bool = False) -> None:
+  """Read-only checks: ``workdir`` can be written and holds no other run (unless ``fresh``)."""
+  parent = os.path.abspath(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigError(f'workdir {workdir} cannot be created: {parent} is a file; '
+                      'choose another --workdir')
+  try:  # Creating and removing a probe leaves the workdir as it was.
+    tempfile.TemporaryDirectory(dir=parent).cleanup()
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir} is not writable ({e.strerror} in {parent}); '
+                      'choose another --workdir or fix its permissions') from e
+  config_path = os.path.join(workdir, 'config.json')
+  if fresh or not os.path.exists(config_path):
+    return
+  try:
+    with open(config_path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{config_path} is unreadable ({e}); use another --workdir, or '
+                      'rerun with --fresh to move the old run aside') from e
+  changed = [f for f in changed_fields(old, config.to_dict()) if f not in RESUMABLE_CHANGES]
+  if changed:
+    raise ConfigError(
+        f'workdir {workdir} holds a run with another config ({", ".join(changed[:4])}'
+        f'{" ..." if len(changed) > 4 else ""} differ); nothing was changed. Use another '
+        '--workdir, or rerun with --fresh to move the old run aside and start over')

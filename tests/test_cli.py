@@ -1,0 +1,99 @@
+"""Every bad input through the real CLI: exit 2, one line naming the field and the fix,
+no traceback, and nothing written (the workdir is never created).
+
+All cases run up front, two at a time, in a module fixture; each one fails before any
+compilation, most of them before the data set is read.
+"""
+import socket
+
+import pytest
+
+import train_helpers as th
+
+# (id, extra arguments, words the error line must contain, setup, devices)
+# In arguments, {data} is a valid tiny image folder and {tmp} the test's folder.
+CASES = [
+    ('unknown_variant', ['--config.model.variant=vitt'], ['config.model.variant', 'bdia']),
+    ('unknown_dataset', ['--config.dataset=imagenet'], ['config.dataset', 'folder:']),
+    ('unknown_optimizer', ['--config.optimizer=adam'], ['config.optimizer', 'setadam']),
+    ('unknown_field', ['--config.num_epoch=3'], ['--config.num_epoch', 'num_epochs']),
+    ('zero_batch', ['--config.batch_size=0'], ['config.batch_size=0', '> 0']),
+    ('text_batch', ['--config.batch_size=abc'], ['--config.batch_size=abc', 'an integer']),
+    ('zero_epochs', ['--config.num_epochs=0'], ['config.num_epochs=0', '> 0']),
+    ('fractional_epochs', ['--config.num_epochs=1.5'], ['--config.num_epochs=1.5', 'an integer']),
+    ('zero_lr', ['--config.learning_rate=0'], ['config.learning_rate=0', '> 0']),
+    ('text_lr', ['--config.learning_rate=fast'], ['--config.learning_rate=fast', 'a number']),
+    ('nan_lr', ['--config.learning_rate=nan'], ['config.learning_rate=nan', 'finite']),
+    ('patch_not_dividing', ['--config.model.patch_size=3'],
+     ['config.model.patch_size=3', 'model.image_size=8', '1, 2, 4, 8']),
+    ('zero_heads', ['--config.model.heads=0'], ['config.model.heads=0']),
+    ('quant_bits_low', ['--config.model.variant=bdia', '--config.bdia.quant_bits=2'],
+     ['config.bdia.quant_bits=2', '4..16']),
+    ('batch_vs_devices', [], ['config.batch_size=8', 'not divisible by the 3 devices'], None, 3),
+    ('image_size_vs_data', ['--config.model.image_size=16'],
+     ['config.model.image_size=16', 'has 8', '--config.model.image_size=8']),
+    ('missing_folder', ['--config.dataset=folder:{tmp}/nowhere'], ['nowhere', 'does not exist']),
+    ('empty_folder', ['--config.dataset=folder:{tmp}/empty'], ['empty/train is missing']),
+    ('class_without_images', ['--config.dataset=folder:{tmp}/hollow'],
+     ['hollow/train/c1', 'has no images']),
+    ('unreadable_image', ['--config.dataset=folder:{tmp}/broken'],
+     ['cannot read image', 'broken/train/c0/0.png']),
+    ('workdir_under_a_file', ['--workdir={tmp}/a_file/run'], ['a_file', 'is a file', '--workdir']),
+    ('missing_config_file', ['--config=configs/nope.py'], ['configs/nope.py', 'cannot load']),
+    ('tfds_without_network', ['--config.dataset=cifar10', '--config.data_dir={tmp}/empty'],
+     ['no network', 'folder:', 'data_dir']),
+]
+
+
+def _network() -> bool:
+  try:
+    socket.create_connection(('storage.googleapis.com', 443), timeout=3).close()
+    return True
+  except OSError:
+    return False
+
+
+def _setup(tmp):
+  th.make_image_folder(tmp / 'data', train=4, test=2)
+  (tmp / 'empty').mkdir()
+  th.make_image_folder(tmp / 'hollow', train=2, test=1)
+  for f in (tmp / 'hollow' / 'train' / 'c1').iterdir():
+    f.unlink()
+  th.make_image_folder(tmp / 'broken', train=2, test=1)
+  (tmp / 'broken' / 'train' / 'c0' / '0.png').write_bytes(b'not a png')
+  (tmp / 'a_file').write_text('a file, not a folder')
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('cli')
+  _setup(tmp)
+  cache = tmp_path_factory.getbasetemp() / 'jax_cache'
+  jobs = []
+  for case in CASES:
+    args = [a.format(tmp=tmp) for a in case[1]]
+    if case[0] == 'tfds_without_network' and _network():
+      jobs.append(None)
+      continue
+    base = ['--config.dataset=folder:' + str(tmp / 'data'), *th.TINY]
+    cmd = th.train_cmd(tmp / f'run_{case[0]}', *base, *args)
+    jobs.append((cmd, th.cli_env(cache, devices=case[4] if len(case) > 4 else 1)))
+  done = iter(th.run_all([j for j in jobs if j], timeout=120))
+  return tmp, {case[0]: (next(done) if job else None) for case, job in zip(CASES, jobs)}
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_cleanly(results, case):
+  tmp, by_id = results
+  name, _, words = case[:3]
+  result = by_id[name]
+  if result is None:
+    pytest.skip('the network is reachable: a TFDS download would start')
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr, result.stderr
+  lines = th.error_lines(result.stderr)
+  assert len(lines) == 1 and lines[0].startswith('train.py: error: '), result.stderr
+  for word in words:
+    assert word.format(tmp=tmp) in lines[0], lines[0]
+  assert not (tmp / f'run_{name}').exists(), 'the workdir must not be created'
+  assert result.stderr.strip().splitlines() == lines, 'nothing but the error line on stderr'
