@@ -72,6 +72,9 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     mem = compiled.memory_analysis()
     row['compiled_memory_mib'] = round((mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                         + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20, 1)
+    row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'
+    if n_steps == 0:  # --steps 0: compile only (memory and compile time)
+      return row
     times = []
     for i in range(n_steps + 2):  # two warm-up steps
       t0 = time.perf_counter()
@@ -90,8 +93,6 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     stats = jax.local_devices()[0].memory_stats() or {}
     if 'peak_bytes_in_use' in stats:
       row['memory_mib'], row['memory_source'] = round(stats['peak_bytes_in_use'] / 2**20, 1), 'device_peak'
-    else:
-      row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED and friends
     if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
       row['status'] = 'OOM'
@@ -136,7 +137,7 @@ def main(argv=None):
   p.add_argument('--variants', default='vit,remat,revvit,bdia,momentum')
   p.add_argument('--depths', default='6,12,24,48')
   p.add_argument('--batch-sizes', default='128')
-  p.add_argument('--steps', type=int, default=10)
+  p.add_argument('--steps', type=int, default=10, help='timed steps; 0 = compile only')
   p.add_argument('--csv', default='')
   p.add_argument('--markdown', default='')
   p.add_argument('--isolate', action='store_true', help='one process per configuration')

@@ -64,8 +64,8 @@ def _config_path(argv) -> str:
   return path
 
 
-def parse(argv, prog: str):
-  """Parses absl flags; a bad flag, override or config file is one line on stderr, exit 2."""
+def setup_logging():
+  """Our messages on stderr, library chatter (absl, orbax, TensorFlow) silenced."""
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(_Formatter('%(message)s'))
   logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)  # the CLI owns logging
@@ -74,6 +74,11 @@ def parse(argv, prog: str):
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   for name in ('absl', 'jax._src.xla_bridge', 'orbax', 'jax._src.cache_key'):
     logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def parse(argv, prog: str):
+  """Parses absl flags; a bad flag, override or config file is one line on stderr, exit 2."""
+  setup_logging()
   try:
     flags.FLAGS(argv)
     config = flags.FLAGS.config

@@ -8,11 +8,10 @@ run is skipped, an interrupted one resumes. The report (``python -m vit_jax.repo
 written to ``WORKDIR/report``.
 """
 import argparse
-import logging
 import os
 import sys
 
-from vit_jax import presets, report, variants
+from vit_jax import cli, presets, report, variants
 
 
 def run_config(variant: str, dataset: str, seed: int, overrides: list[str]):
@@ -41,7 +40,7 @@ def main(argv=None):
   p.add_argument('--seeds', type=int, default=1)
   p.add_argument('--workdir', required=True)
   args = p.parse_args([a for a in argv if not a.startswith('--config.')])
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  cli.setup_logging()
   names = args.variants.split(',')
   bad = [n for n in names if n not in variants.VARIANTS]
   if bad:

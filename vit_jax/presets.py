@@ -48,14 +48,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum_net.beta_bits = 3    # m: beta = 1 - 2^-m (7/8)
   c.momentum_net.quant_bits = 9
 
-  c.checkpoint_every_epochs = 1
+  c.checkpoint_every_epochs = 1   # 0 = none per epoch (the last step is always saved)
   c.checkpoint_every_steps = 0    # 0 = only per epoch
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3          # 0 = keep all
   c.log_every_steps = 50
   c.progress_bar = True
   c.tensorboard = True            # event files when TensorFlow is importable
   c.on_nonfinite = 'stop'         # 'stop' | 'skip'
-  c.exactness_check_every_steps = 0
+  c.exactness_check_every_steps = 0  # reversible variants: rebuild one batch every N steps
+  c.exactness_check_action = 'warn'  # 'warn' | 'stop' when the rebuilt activations differ
   c.distributed = False           # multi-host: call jax.distributed.initialize()
   return c
 

@@ -20,7 +20,7 @@ DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
 RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',
                      'checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
-                     'exactness_check_every_steps', 'on_nonfinite', 'eval_batch_size',
+                     'exactness_check_every_steps', 'exactness_check_action', 'on_nonfinite', 'eval_batch_size',
                      'data_dir', 'distributed')
 
 
@@ -56,6 +56,7 @@ def check_config(config, num_devices: int | None = None) -> None:
   _choice(config.optimizer, 'optimizer', OPTIMIZERS)
   _choice(config.schedule, 'schedule', SCHEDULES)
   _choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
+  _choice(config.exactness_check_action, 'exactness_check_action', ('warn', 'stop'))
   ds = config.dataset
   kind, sep, path = ds.partition(':') if isinstance(ds, str) else ('', '', '')
   if not (ds in ('cifar10', 'mnist') or (kind in ('folder', 'mnist_idx') and sep and path)):

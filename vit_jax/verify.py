@@ -107,7 +107,7 @@ class ExactnessGuard:
 
   def __init__(self, model, ds_info, config, mesh):
     self.model, self.info, self.config = model, ds_info, config
-    self.stop = config.get('exactness_check_action', 'warn') == 'stop'
+    self.stop = config.exactness_check_action == 'stop'
     self.fn = jax.jit(reconstruction_and_grads, static_argnums=0)
 
   def check(self, params, images, labels, perm, step) -> int:

@@ -1,0 +1,73 @@
+"""The user-facing tools on tiny models: verify, bench and compare (issue 3 and 4 commands)."""
+import csv
+import json
+
+import pytest
+
+from tests.train_helpers import make_image_folder
+from vit_jax import bench, compare, presets, variants, verify
+
+TINY = ['--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
+        '--config.model.mlp_dim=32', '--config.model.depth=2']
+
+
+def tiny_config(variant):
+  c = presets.preset(variant, 'cifar10')
+  presets.apply_overrides(c, TINY + ['--config.model.image_size=8'])
+  return c
+
+
+def test_verify_passes_on_the_exact_engine():
+  report = verify.run(tiny_config('bdia'), batch_size=4)
+  assert report['ok'], report
+  assert sum(map(sum, report['mismatches'])) == 0
+  assert report['grad_rel_error_max'] < 1e-4
+
+
+def test_verify_fails_when_the_inverse_is_broken(monkeypatch):
+  good = variants.make_variant('bdia')
+  c = good.couplings[0]
+  off_by_one_step = lambda *a: c.inverse(*a) + 2.0 ** -9
+  broken = good._replace(couplings=(c._replace(inverse=off_by_one_step),))
+  monkeypatch.setattr(variants, 'make_variant', lambda *a, **k: broken)
+  # another batch size than above, so that jit traces again instead of reusing the good trace
+  report = verify.run(tiny_config('bdia'), batch_size=6)
+  assert not report['ok']
+  assert sum(map(sum, report['mismatches'])) > 0
+
+
+def test_bench_writes_a_well_formed_table(tmp_path, capsys):
+  out = tmp_path / 'bench.csv'
+  bench.main(['--variants', 'vit,bdia', '--depths', '1', '--batch-sizes', '4', '--steps', '1',
+              '--csv', str(out), '--config.model.image_size=8', *TINY])
+  rows = list(csv.DictReader(open(out)))
+  assert [r['variant'] for r in rows] == ['vit', 'bdia']
+  assert set(bench.COLUMNS) <= set(rows[0])
+  assert float(rows[0]['memory_ratio_vs_vit']) == 1.0
+  assert 0 < float(rows[1]['memory_ratio_vs_vit'])
+  assert all(float(r['step_time_ms']) > 0 and r['status'] == 'ok' for r in rows)
+  table = capsys.readouterr().out.strip().splitlines()
+  assert table[0].startswith('| variant |') and len(table) == 4
+
+
+def test_bench_rejects_an_unknown_variant():
+  with pytest.raises(SystemExit):
+    bench.main(['--variants', 'vit,nope'])
+
+
+def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
+  data = tmp_path / 'data'
+  make_image_folder(data, classes=3, train=16, test=4)
+  args = ['--dataset', f'folder:{data}', '--variants', 'vit,bdia', '--seeds', '1',
+          '--workdir', str(tmp_path / 'cmp'), '--config.num_epochs=1', '--config.batch_size=8',
+          '--config.progress_bar=False', '--config.tensorboard=False',
+          '--config.model.image_size=8', '--config.model.num_classes=3', *TINY]
+  compare.main(args)
+  report = (tmp_path / 'cmp' / 'report' / 'results.md').read_text()
+  assert '| vit |' in report and '| bdia |' in report
+  for name in ('vit', 'bdia'):
+    summary = json.loads((tmp_path / 'cmp' / name / 'seed0' / 'summary.json').read_text())
+    assert summary['finished'] and summary['variant'] == name
+  capsys.readouterr()
+  compare.main(args)  # everything finished: nothing is trained again
+  assert capsys.readouterr().out.count('finished, skipped') == 2
