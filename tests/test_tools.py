@@ -71,3 +71,25 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
   capsys.readouterr()
   compare.main(args)  # everything finished: nothing is trained again
   assert capsys.readouterr().out.count('finished, skipped') == 2
+
+
+def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from vit_jax import model as model_lib, train_lib
+  c = tiny_config('bdia')
+  c.batch_size, c.exactness_check_action = 4, 'stop'
+  info = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
+  labels, perm = jnp.arange(8) % 3, jnp.arange(8)
+  m = model_lib.build(c)
+  params = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
+  assert verify.ExactnessGuard(m, info, c, None).check(params, images, labels, perm, 1) == 0
+  good = variants.make_variant('bdia')
+  cp = good.couplings[0]
+  broken = good._replace(couplings=(cp._replace(inverse=lambda *a: cp.inverse(*a) + 2.0 ** -9),))
+  monkeypatch.setattr(variants, 'make_variant', lambda *a, **k: broken)
+  c.batch_size = 3  # another shape, so that jit traces the broken stack instead of reusing
+  with pytest.raises(train_lib.TrainingError, match='rebuilt differently'):
+    verify.ExactnessGuard(m, info, c, None).check(params, images, labels, perm, 2)
