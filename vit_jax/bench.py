@@ -44,7 +44,6 @@ def make_config(variant: str, depth: int, batch: int, overrides: list[str]):
 def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str]) -> dict:
   """Compiles and times one configuration in this process."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from vit_jax import model as model_lib, optim, steps
   c = make_config(variant, depth, batch, overrides)
@@ -63,7 +62,7 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     rep = steps.replicated(mesh)
     state = jax.jit(lambda: steps.create_state(model, tx, images.shape[1:], 0), out_shardings=rep)()
     images, labels = jax.device_put((images, labels), rep)
-    perm, sums = steps.epoch_permutation(0, 0, n), jax.device_put(steps.zero_sums(), rep)
+    perm, sums = jax.device_put((steps.epoch_permutation(0, 0, n), steps.zero_sums()), rep)
     t0 = time.perf_counter()
     compiled = steps.make_train_step(model, info, c, mesh).lower(
         state, images, labels, perm, sums).compile()

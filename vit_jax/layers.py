@@ -70,7 +70,8 @@ class LocalitySelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     dim, inner = x.shape[-1], self.heads * self.dim_head
-    log_temp = self.param('temperature', nn.initializers.constant(jnp.log(self.dim_head ** -0.5)), ())
+    log_temp = self.param('temperature', nn.initializers.constant(jnp.log(self.dim_head ** -0.5)),
+                          (), jnp.float32)
     qkv = torch_linear(3 * inner, dim, use_bias=False, dtype=self.dtype, name='to_qkv')(x)
     q, k, v = jnp.split(qkv.reshape(*x.shape[:-1], 3 * self.heads, self.dim_head), 3, axis=-2)
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.exp(log_temp).astype(q.dtype)

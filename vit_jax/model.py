@@ -51,9 +51,10 @@ class ViT(nn.Module):
     (logits, block inputs) and the gradient for ``probe`` is the reconstruction.
     """
     x = layers.ShiftedPatchEmbedding(self.dim, self.patch_size, self.dtype)(images)
-    cls = self.param('cls_token', nn.initializers.normal(1.0), (1, 1, self.dim))
+    cls = self.param('cls_token', nn.initializers.normal(1.0), (1, 1, self.dim), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)).astype(x.dtype), x], 1)
-    x = x + self.param('pos_embedding', nn.initializers.normal(1.0), (1, x.shape[1], self.dim))
+    x = x + self.param('pos_embedding', nn.initializers.normal(1.0), (1, x.shape[1], self.dim),
+                       jnp.float32)
     x = nn.Dropout(self.emb_dropout)(x, not train).astype(self.stream_dtype)
 
     block = self.block()

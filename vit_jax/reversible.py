@@ -7,17 +7,17 @@ per-block PRNG keys and ``aux`` (BDIA's γ), so a stack is one ``lax.scan``.
 Reversible backprop (``reversible_stack``), for blocks k = K-1 … 0, coupling by coupling
 in reverse order, starting from the stack's output and its cotangent ḡ:
 
-    h, vjp_h   = vjp(branch_k, θ_k, b)            # b, the source stream, is known
+    h          = isolated(branch_k)(θ_k, b)       # b, the source stream, is known
     a          = inverse(a', b, h, side)          # rebuild the target stream
     ḡa, ḡb, ḡh = vjp(forward)(ḡa')                # elementwise: cheap to recompute
-    θ̄_k, ḡb'   = vjp_h(ḡh)                        # one backward through the branch
+    θ̄_k, ḡb'   = vjp(branch_k)(ḡh)                # one forward+backward through the branch
     ḡb        += ḡb'
 
-so each branch runs once forward and, in the backward pass, once to rebuild (isolated,
-bit-identical to the forward) and once inside its VJP; memory holds only the
-current streams, the side bits (packed) and the keys: it does not grow with depth but
-for the side bits. The exact variants rebuild every stream bit for bit, because the
-backward pass recomputes h with the same function, inputs and keys as the forward pass.
+``isolated`` computes h exactly as the forward pass did (same function, inputs, keys and,
+thanks to optimization barriers, the same compiled code), so the exact variants rebuild
+every stream bit for bit. Each branch thus runs once in the forward pass and twice plus
+one backward in the backward pass. Memory holds only the current streams, the side bits
+(packed) and the keys: it does not grow with depth but for the side bits.
 """
 import functools
 
