@@ -266,3 +266,18 @@ def test_bdia_eval_is_quantized_plain_stack(monkeypatch, tiny_batch):
   np.testing.assert_array_equal(r['out'] * 2 ** 9, np.round(r['out'] * 2 ** 9))
   # The plain ViT with the same parameters differs only by the quantization.
   assert 0 < np.abs(r['vit'] - r['logits']).max() < 0.05
+
+
+@pytest.mark.parametrize('rate', [0.1, 0.5])
+def test_dropout_rate_scale_and_determinism(rate):
+  x = jnp.ones((64, 33, 130))  # last axis not a multiple of 4: the byte draws are sliced
+  drop = layers.Dropout(rate)
+  run = lambda seed: drop.apply({}, x, False, rngs={'dropout': jax.random.key(seed)})
+  y = np.asarray(run(0))
+  threshold = round(rate * 256)
+  realised = threshold / 256
+  assert abs((y == 0).mean() - realised) < 0.01
+  np.testing.assert_allclose(y[y != 0], 1 / (1 - realised), rtol=1e-6)
+  np.testing.assert_array_equal(y, np.asarray(run(0)))   # same key, same mask
+  assert (y != np.asarray(run(1))).any()
+  np.testing.assert_array_equal(drop.apply({}, x, True), x)  # deterministic: identity

@@ -55,7 +55,7 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)).astype(x.dtype), x], 1)
     x = x + self.param('pos_embedding', nn.initializers.normal(1.0), (1, x.shape[1], self.dim),
                        jnp.float32)
-    x = nn.Dropout(self.emb_dropout)(x, not train).astype(self.stream_dtype)
+    x = layers.Dropout(self.emb_dropout)(x, not train).astype(self.stream_dtype)
 
     block = self.block()
     params = self.param('blocks', lambda rng: jax.vmap(
