@@ -315,3 +315,14 @@ def test_real_cifar10_folder():
   assert (ds.mean, ds.std, ds.flip) == (data.CIFAR10_MEAN, data.CIFAR10_STD, True)
   np.testing.assert_array_equal(np.bincount(ds.train_labels), [5000] * 10)
   np.testing.assert_array_equal(np.bincount(ds.test_labels), [1000] * 10)
+
+
+def test_subset_is_fixed_stratified_by_order_and_labelled(tmp_path):
+  ds = data.load_dataset(f'folder:{_make_folder(tmp_path, {"a": 6, "b": 6}, {"a": 3, "b": 3})}')
+  small = data.subset(ds, train=4, test=2)
+  assert small.train_labels.shape == (4,) and small.test_labels.shape == (2,)
+  again = data.subset(ds, train=4, test=2)
+  np.testing.assert_array_equal(small.train_images, again.train_images)  # not the run's seed
+  assert list(small.train_labels) == sorted(small.train_labels)          # order kept
+  assert 'subset: 4 of 12 training and 2 of 6 test images' in small.note
+  assert data.subset(ds) is ds and data.subset(ds, train=100) is ds

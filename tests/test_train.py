@@ -109,3 +109,15 @@ def test_mnist_small_vit_learns(tmp_path):
   print(f"MNIST: final val acc {summary['final_val_acc']:.4f} (best {summary['best_val_acc']:.4f})"
         f", {summary['total_train_time_s']:.0f} s training")
   assert summary['final_val_acc'] >= 0.90, summary
+
+
+def test_workdir_written_before_a_new_field_still_resumes(tmp_path):
+  """A config.json from an older version lacks new fields: their defaults match."""
+  config = presets.get_config()
+  old = config.to_dict()
+  del old['train_examples'], old['model']['emb_dropout']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  validate.check_workdir(config, str(tmp_path))  # no error
+  config.train_examples = 100
+  with pytest.raises(validate.ConfigError, match='train_examples'):
+    validate.check_workdir(config, str(tmp_path))

@@ -92,6 +92,28 @@ class Dataset:
     return self.train_images.shape[3]
 
 
+def subset(ds: Dataset, train: int = 0, test: int = 0) -> Dataset:
+  """A reduced-budget copy: ``train`` / ``test`` examples drawn without replacement (0 = all).
+
+  The draw uses a fixed seed (not the run's), so every variant and seed of a comparison
+  sees the same images; order within each split is kept, so folder data sets (sorted by
+  class) still give every class its share.
+  """
+  def take(images, labels, n, salt):
+    if not n or n >= len(labels):
+      return images, labels
+    keep = np.sort(np.random.default_rng(salt).choice(len(labels), n, replace=False))
+    return images[keep], labels[keep]
+  xtr, ytr = take(ds.train_images, ds.train_labels, train, 0)
+  xte, yte = take(ds.test_images, ds.test_labels, test, 1)
+  note = f'subset: {len(ytr)} of {len(ds.train_labels)} training and {len(yte)} of ' \
+         f'{len(ds.test_labels)} test images (a reduced budget)'
+  if (len(ytr), len(yte)) == (len(ds.train_labels), len(ds.test_labels)):
+    return ds
+  return dataclasses.replace(ds, train_images=xtr, train_labels=ytr, test_images=xte,
+                             test_labels=yte, note='; '.join(filter(None, (ds.note, note))))
+
+
 def load_dataset(spec: str, data_dir: str = '') -> Dataset:
   """Loads the data set named by ``spec`` (see the module docstring)."""
   if spec in _TFDS_SETS:

@@ -13,6 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset = "cifar10"           # 'cifar10' | 'mnist' (TFDS) | 'folder:/path' | 'mnist_idx:/path'
   c.data_dir = ''                 # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
+  c.train_examples = 0            # > 0: a fixed random subset of the training split (reduced budget)
+  c.eval_examples = 0             # > 0: the same for the evaluation split
   c.seed = 0
   c.num_epochs = 400
   c.batch_size = 128              # global batch, split over all devices

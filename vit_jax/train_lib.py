@@ -110,7 +110,8 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None) 
 def _run(config, workdir, fresh, devices, signals):
   validate.check_config(config, num_devices=len(devices))
   validate.check_workdir(config, workdir, fresh)
-  ds = data.load_dataset(config.dataset, config.data_dir)
+  ds = data.subset(data.load_dataset(config.dataset, config.data_dir),
+                   config.train_examples, config.eval_examples)
   signals.check('while the data was loading')
   validate.check_dataset_matches(config, ds)
   if ds.note:

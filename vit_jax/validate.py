@@ -12,7 +12,7 @@ import tempfile
 
 import jax
 
-from vit_jax import variants
+from vit_jax import presets, variants
 
 OPTIMIZERS = ('setadam', 'adamw', 'sgd')
 SCHEDULES = ('cosine', 'constant')
@@ -66,7 +66,8 @@ def check_config(config, num_devices: int | None = None) -> None:
                 'model.depth', 'model.heads', 'model.dim_head', 'model.mlp_dim'):
     _number(config, field, numbers.Integral)
   for field in ('checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
-                'log_every_steps', 'exactness_check_every_steps'):
+                'log_every_steps', 'exactness_check_every_steps', 'train_examples',
+                'eval_examples'):
     _number(config, field, numbers.Integral, allow_zero=True)
   _number(config, 'learning_rate')
   _number(config, 'seed', numbers.Integral, allow_zero=True)
@@ -122,6 +123,17 @@ def changed_fields(old: dict, new: dict, prefix='') -> list[str]:
   return out
 
 
+def _with_defaults(old: dict, defaults: dict) -> dict:
+  """``old`` with fields added to the library since it was written set to their defaults."""
+  out = dict(old)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _with_defaults(out[key], value)
+  return out
+
+
 def check_workdir(config, workdir: str, fresh: bool = False) -> None:
   """Read-only checks: ``workdir`` can be written and holds no other run (unless ``fresh``)."""
   parent = os.path.abspath(workdir)
@@ -144,6 +156,7 @@ def check_workdir(config, workdir: str, fresh: bool = False) -> None:
   except (OSError, ValueError) as e:
     raise ConfigError(f'{config_path} is unreadable ({e}); use another --workdir, or '
                       'rerun with --fresh to move the old run aside') from e
+  old = _with_defaults(old, presets.get_config().to_dict())
   changed = [f for f in changed_fields(old, config.to_dict()) if f not in RESUMABLE_CHANGES]
   if changed:
     raise ConfigError(
