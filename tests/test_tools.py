@@ -39,13 +39,14 @@ def test_verify_fails_when_the_inverse_is_broken(monkeypatch):
 def test_bench_writes_a_well_formed_table(tmp_path, capsys):
   out = tmp_path / 'bench.csv'
   bench.main(['--variants', 'vit,bdia', '--depths', '1', '--batch-sizes', '4', '--steps', '1',
-              '--csv', str(out), '--config.model.image_size=8', *TINY])
+              '--warmup', '1', '--csv', str(out), '--config.model.image_size=8', *TINY])
   rows = list(csv.DictReader(open(out)))
   assert [r['variant'] for r in rows] == ['vit', 'bdia']
   assert set(bench.COLUMNS) <= set(rows[0])
   assert float(rows[0]['memory_ratio_vs_vit']) == 1.0
   assert 0 < float(rows[1]['memory_ratio_vs_vit'])
   assert all(float(r['step_time_ms']) > 0 and r['status'] == 'ok' for r in rows)
+  assert all(0 < float(r['temp_mib']) < float(r['compiled_memory_mib']) for r in rows)
   table = capsys.readouterr().out.strip().splitlines()
   assert table[0].startswith('| variant |') and len(table) == 4
 

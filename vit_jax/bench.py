@@ -8,7 +8,9 @@ forward, backward, SET-Adam update) on a synthetic uint8 data set kept on the de
 reports compile time, the median step time over ``--steps`` timed steps after warm-up,
 images/s, model FLOPs utilisation where the device's peak is known, and training memory:
 - ``compiled_analysis``: XLA's buffer assignment for the step (temp + arguments + outputs
-  - aliased), deterministic and available on every backend;
+  - aliased), deterministic and available on every backend; ``temp_mib`` is its temp part
+  alone (activations kept for the backward pass, gradients, workspace: no parameters,
+  optimizer state or data);
 - ``device_peak`` (with ``--isolate`` on a GPU): the device's peak bytes in use, each
   configuration in a fresh process (the peak cannot be reset within one), preallocation off.
 Configurations that do not fit are marked OOM instead of stopping the run.
@@ -24,7 +26,7 @@ import time
 
 COLUMNS = ('variant', 'depth', 'batch_size', 'compile_s', 'step_time_ms', 'images_per_s',
            'mfu', 'memory_mib', 'memory_ratio_vs_vit', 'memory_source', 'compiled_memory_mib',
-           'state_mib',
+           'temp_mib', 'state_mib',
            'device', 'dtype', 'status')
 # Dense peak FLOP/s per device kind and compute dtype (float32 matmuls run as TF32 by default).
 PEAK_FLOPS = {'H100': {'bfloat16': 989e12, 'float32': 494e12},
@@ -41,8 +43,9 @@ def make_config(variant: str, depth: int, batch: int, overrides: list[str]):
   return c
 
 
-def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str]) -> dict:
-  """Compiles and times one configuration in this process."""
+def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str],
+            warmup: int = 2) -> dict:
+  """Compiles and times one configuration in this process (``warmup`` untimed steps first)."""
   import jax
   import numpy as np
   from vit_jax import model as model_lib, optim, steps
@@ -71,15 +74,16 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     mem = compiled.memory_analysis()
     row['compiled_memory_mib'] = round((mem.temp_size_in_bytes + mem.argument_size_in_bytes
                                         + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20, 1)
+    row['temp_mib'] = round(mem.temp_size_in_bytes / 2**20, 1)  # activations, gradients, workspace
     row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'
     if n_steps == 0:  # --steps 0: compile only (memory and compile time)
       return row
     times = []
-    for i in range(n_steps + 2):  # two warm-up steps
+    for i in range(warmup + n_steps):
       t0 = time.perf_counter()
       state, sums = compiled(state, images, labels, perm, sums)
       jax.block_until_ready(sums)
-      if i >= 2:
+      if i >= warmup:
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     row['step_time_ms'] = round(step_s * 1e3, 2)
@@ -100,11 +104,11 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
   return row
 
 
-def _measure_isolated(variant, depth, batch, n_steps, overrides) -> dict:
+def _measure_isolated(variant, depth, batch, n_steps, overrides, warmup=2) -> dict:
   """``measure`` in a fresh process, so the device peak belongs to this configuration."""
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
   cmd = [sys.executable, '-m', 'vit_jax.bench', '--one', json.dumps(
-      [variant, depth, batch, n_steps, overrides])]
+      [variant, depth, batch, n_steps, overrides, warmup])]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True)
   lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
   if out.returncode or not lines:
@@ -137,6 +141,7 @@ def main(argv=None):
   p.add_argument('--depths', default='6,12,24,48')
   p.add_argument('--batch-sizes', default='128')
   p.add_argument('--steps', type=int, default=10, help='timed steps; 0 = compile only')
+  p.add_argument('--warmup', type=int, default=2, help='untimed steps before the timed ones')
   p.add_argument('--csv', default='')
   p.add_argument('--markdown', default='')
   p.add_argument('--isolate', action='store_true', help='one process per configuration')
@@ -160,7 +165,7 @@ def main(argv=None):
   for batch in batches:
     for depth in depths:
       for name in names:
-        rows.append(run(name, depth, batch, args.steps, overrides))
+        rows.append(run(name, depth, batch, args.steps, overrides, max(args.warmup, 0)))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   add_ratios(rows)
   table = markdown(rows)
