@@ -62,7 +62,7 @@ def test_two_step_train_and_eval(tmp_path, caplog):
   """16 images, batch 8: one epoch of 2 steps, then evaluation; every file is written."""
   caplog.set_level(logging.INFO, logger='vit_jax')
   data = th.make_image_folder(tmp_path / 'data', classes=2, train=8, test=3)
-  config, work = _tiny_config(data), tmp_path / 'run'
+  config, work = _tiny_config(data, tensorboard=True), tmp_path / 'run'
   summary = train_lib.train_and_evaluate(config, str(work))
   assert summary['finished'] and summary['epochs_completed'] == 1
   assert summary['num_devices'] == jax.device_count() and summary['compile_time_s'] > 0
@@ -77,6 +77,7 @@ def test_two_step_train_and_eval(tmp_path, caplog):
   assert np.isfinite([float(row[k]) for k in ('train_loss', 'val_loss', 'peak_memory_mib')]).all()
   assert os.listdir(work / 'checkpoints') == ['2']
   assert 'train step compiled in' in caplog.text
+  assert any(n.startswith('events.out.tfevents') for n in os.listdir(work / 'tensorboard'))
 
   # The same command again: nothing to train, nothing compiled, nothing duplicated.
   t0 = time.perf_counter()
@@ -121,3 +122,13 @@ def test_workdir_written_before_a_new_field_still_resumes(tmp_path):
   config.train_examples = 100
   with pytest.raises(validate.ConfigError, match='train_examples'):
     validate.check_workdir(config, str(tmp_path))
+
+
+def test_missing_tensorboard_is_one_warning_not_an_error(tmp_path, monkeypatch, caplog):
+  import flax.metrics
+  monkeypatch.delattr(flax.metrics, 'tensorboard', raising=False)
+  monkeypatch.setitem(sys.modules, 'flax.metrics.tensorboard', None)  # import fails
+  tb = metrics_io.TensorBoard(str(tmp_path), enabled=True)
+  tb.scalars(1, {'loss': 1.0})
+  assert tb.writer is None and 'no TensorBoard events (' in caplog.text
+  assert '--config.tensorboard=False' in caplog.text

@@ -82,10 +82,11 @@ class TensorBoard:
     self.writer = None
     if enabled:
       try:
-        from flax.metrics import tensorboard  # imports TensorFlow
+        from flax.metrics import tensorboard  # imports TensorFlow and TensorBoard
         self.writer = tensorboard.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-      except Exception:  # TensorFlow/TensorBoard missing: metrics.csv has everything
-        self.writer = None
+      except Exception as e:  # metrics.csv has everything; say why there are no events
+        log.warning('no TensorBoard events (%s: %s): pip install tensorflow-cpu tensorboard, '
+                    'or set --config.tensorboard=False', type(e).__name__, e)
 
   def scalars(self, step: int, values: dict) -> None:
     if self.writer:
