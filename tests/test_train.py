@@ -86,6 +86,12 @@ def test_two_step_train_and_eval(tmp_path, caplog):
   assert again['epochs_completed'] == 1 and again['final_val_acc'] == summary['final_val_acc']
   assert len(metrics_io.MetricsCsv(str(work)).rows()) == 1
 
+  # Without config.json the checkpoint itself refuses another run's config.
+  (work / 'config.json').unlink()
+  with pytest.raises(train_lib.TrainingError, match=r'another config \(learning_rate differ\)'):
+    train_lib.train_and_evaluate(_tiny_config(data, learning_rate=0.5), str(work))
+  assert os.listdir(work / 'checkpoints') == ['2']
+
 
 MNIST = th.SHARED_DATA / 'mnist'
 

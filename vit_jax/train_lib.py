@@ -142,6 +142,12 @@ def _run(config, workdir, fresh, devices, signals):
           f'the checkpoint at step {restored[0]} was made with {meta.get("train_images")} '
           f'training images ({meta.get("steps_per_epoch")} steps per epoch), the data set now '
           f'has {n_train} ({spe}); restore the data set, or rerun with --fresh')
+    changed = validate.run_changes(meta['config'], config) if 'config' in meta else []
+    if changed:  # config.json may be gone; the checkpoint still knows its run
+      raise TrainingError(
+          f'the checkpoint at step {restored[0]} belongs to a run with another config '
+          f'({", ".join(changed[:4])}{" ..." if len(changed) > 4 else ""} differ); use another '
+          '--workdir, or rerun with --fresh to move it aside')
     signals.check('before training started')
     return _train(config, workdir, ds, mesh, model, info, schedule, init, restored, ckpt,
                   signals, primary)
@@ -205,7 +211,7 @@ def _train(config, workdir, ds, mesh, model, info, schedule, init, restored, ckp
       raise _nonfinite_error(sums, spe, saved_step, config)
     ckpt.save(step, {'state': state, 'sums': sums},
               dict(epochs_done=epochs_done, epoch_elapsed_s=epoch_elapsed(),
-                   train_images=n_train, steps_per_epoch=spe))
+                   train_images=n_train, steps_per_epoch=spe, config=config.to_dict()))
     saved_step = step
     signals.last_checkpoint = f'the last checkpoint is step {step} in {ckpt.directory}'
 

@@ -134,6 +134,12 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
   return out
 
 
+def run_changes(old: dict, config) -> list[str]:
+  """Fields in which ``config`` describes another run than the saved config dict ``old``."""
+  old = _with_defaults(old, presets.get_config().to_dict())
+  return [f for f in changed_fields(old, config.to_dict()) if f not in RESUMABLE_CHANGES]
+
+
 def check_workdir(config, workdir: str, fresh: bool = False) -> None:
   """Read-only checks: ``workdir`` can be written and holds no other run (unless ``fresh``)."""
   parent = os.path.abspath(workdir)
@@ -156,8 +162,7 @@ def check_workdir(config, workdir: str, fresh: bool = False) -> None:
   except (OSError, ValueError) as e:
     raise ConfigError(f'{config_path} is unreadable ({e}); use another --workdir, or '
                       'rerun with --fresh to move the old run aside') from e
-  old = _with_defaults(old, presets.get_config().to_dict())
-  changed = [f for f in changed_fields(old, config.to_dict()) if f not in RESUMABLE_CHANGES]
+  changed = run_changes(old, config)
   if changed:
     raise ConfigError(
         f'workdir {workdir} holds a run with another config ({", ".join(changed[:4])}'
