@@ -14,6 +14,7 @@ during training the current step finishes, a checkpoint is written, then ``Preem
 A second signal ends the process at once (exit 75) without saving; the checkpoints on
 disk stay consistent, as after a SIGKILL.
 """
+import collections
 import logging
 import os
 import signal
@@ -27,6 +28,9 @@ from tqdm.auto import tqdm
 
 from vit_jax import checkpoints, cli, data, metrics_io, model as model_lib, optim, steps, validate
 
+# Steps the host may queue ahead of the device: enough to keep an accelerator busy, few
+# enough that a SIGTERM (checked between dispatches) is honoured within a step or two.
+MAX_STEPS_IN_FLIGHT = 2
 log = logging.getLogger(__name__)
 
 
@@ -252,7 +256,7 @@ def _train(config, workdir, ds, mesh, model, info, schedule, init, restored, ckp
   if epochs_done < start // spe:  # saved at an epoch's last step, before its evaluation
     finish_epoch(start // spe - 1, start, epoch_elapsed())
     epochs_done = start // spe
-  bar, first = None, step
+  bar, first, in_flight = None, step, collections.deque()
   while step < total:
     epoch = step // spe
     if bar is None:
@@ -261,6 +265,9 @@ def _train(config, workdir, ds, mesh, model, info, schedule, init, restored, ckp
       bar = tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}/{config.num_epochs}',
                  disable=not config.progress_bar, leave=False)
     state, sums = compiled(state, images, labels, perm, sums)
+    in_flight.append(sums['count'] + 0)  # a handle that outlives the donation of ``sums``
+    if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+      in_flight.popleft().block_until_ready()
     step += 1
     if guard and step % config.exactness_check_every_steps == 0:
       guard.check(state.params, images, labels, perm, step)
