@@ -84,9 +84,22 @@ def unshrink(y: jax.Array, r: jax.Array, bits: int, beta_bits: int) -> jax.Array
   return c.astype(y.dtype) * 2.0 ** -bits
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def guard(x: jax.Array, bits: int) -> jax.Array:
-  """x where every grid code is exactly representable, NaN elsewhere (see module doc)."""
+  """x where every grid code is exactly representable, NaN elsewhere (see module doc).
+
+  Its gradient is the identity: where x is out of range the loss is NaN anyway. (The
+  gradient of ``where`` needs the mask, i.e. x itself, in the backward pass; XLA:CPU then
+  recomputed momentum's whole inverse, bit unpacking and integer division included,
+  inside two transposing copies that feed weight-gradient matmuls, twice per block.)
+  """
   return jnp.where(jnp.abs(x) < exact_limit(x.dtype, bits), x, jnp.nan)
+
+
+@guard.defjvp
+def _guard_jvp(bits, primals, tangents):
+  (x,), (t,) = primals, tangents
+  return guard(x, bits), t
 
 
 def pack_bits(values: jax.Array, width: int) -> jax.Array:
