@@ -160,12 +160,14 @@ def main(argv=None):
     batches = [int(b) for b in args.batch_sizes.split(',')]
   except ValueError:
     p.error('--depths and --batch-sizes take comma-separated integers, e.g. 6,24')
+  if args.warmup < 0 or args.steps < 0:
+    p.error('--steps and --warmup must be >= 0')
   run = _measure_isolated if args.isolate else measure
   rows = []
   for batch in batches:
     for depth in depths:
       for name in names:
-        rows.append(run(name, depth, batch, args.steps, overrides, max(args.warmup, 0)))
+        rows.append(run(name, depth, batch, args.steps, overrides, args.warmup))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   add_ratios(rows)
   table = markdown(rows)

@@ -106,10 +106,10 @@ def subset(ds: Dataset, train: int = 0, test: int = 0) -> Dataset:
     return images[keep], labels[keep]
   xtr, ytr = take(ds.train_images, ds.train_labels, train, 0)
   xte, yte = take(ds.test_images, ds.test_labels, test, 1)
+  if ytr is ds.train_labels and yte is ds.test_labels:
+    return ds
   note = f'subset: {len(ytr)} of {len(ds.train_labels)} training and {len(yte)} of ' \
          f'{len(ds.test_labels)} test images (a reduced budget)'
-  if (len(ytr), len(yte)) == (len(ds.train_labels), len(ds.test_labels)):
-    return ds
   return dataclasses.replace(ds, train_images=xtr, train_labels=ytr, test_images=xte,
                              test_labels=yte, note='; '.join(filter(None, (ds.note, note))))
 

@@ -52,9 +52,10 @@ def shifted_patches(images: jax.Array, patch_size: int) -> jax.Array:
 class Dropout(nn.Module):
   """Inverted dropout drawn from 8-bit random numbers: a quarter of ``nn.Dropout``'s PRNG work.
 
-  ``nn.Dropout`` spends one 32-bit threefry draw per element, which on CPU cost 1.45 s of
-  the 8.55 s ViT-small step (and the reversible stacks redraw every mask in the backward
-  pass). Here each 32-bit word yields four bytes; an element is dropped when its byte is
+  ``nn.Dropout`` spends one 32-bit threefry draw per element: the 19 masks of a ViT-small
+  forward pass at batch 128 took 1.45 s on 2 CPU cores, 0.25 s this way. The reversible
+  stacks redraw every mask in the backward pass, so they gain most (bdia's CPU step:
+  10.8 s -> 8.5 s; vit's did not change, see RESULTS.md). Here each 32-bit word yields four bytes; an element is dropped when its byte is
   below round(rate·256). The realised rate is therefore a multiple of 1/256 (0.1 becomes
   26/256 ≈ 0.1016), and kept values are scaled by 256/(256 − threshold) so E[y] = x.
   The mask depends only on the key and the shape: the same key gives the same mask,
