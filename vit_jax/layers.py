@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from vit_jax import fixed_order
+
 LN_EPS = 1e-5
 
 
@@ -88,7 +90,7 @@ class ShiftedPatchEmbedding(nn.Module):
   @nn.compact
   def __call__(self, images):
     x = shifted_patches(images, self.patch_size)
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
+    x = fixed_order.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)(x)
     return torch_linear(self.dim, x.shape[-1], dtype=self.dtype)(x)
 
 
@@ -109,7 +111,7 @@ class LocalitySelfAttention(nn.Module):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * jnp.exp(log_temp).astype(q.dtype)
     n = x.shape[-2]
     logits = jnp.where(jnp.eye(n, dtype=bool), jnp.finfo(logits.dtype).min, logits)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    weights = fixed_order.softmax(logits.astype(jnp.float32)).astype(v.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(*x.shape[:-1], inner)
     if not (self.heads == 1 and self.dim_head == dim):
       out = torch_linear(dim, inner, dtype=self.dtype, name='to_out')(out)
@@ -145,9 +147,9 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.attn_norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
+    self.attn_norm = fixed_order.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
     self.attn = LocalitySelfAttention(self.heads, self.dim_head, self.dropout, self.dtype)
-    self.mlp_norm = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
+    self.mlp_norm = fixed_order.LayerNorm(epsilon=LN_EPS, dtype=self.dtype)
     self.mlp = FeedForward(self.mlp_dim, self.dropout, self.dtype)
 
   def attention_branch(self, x, deterministic: bool = True):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from vit_jax import layers, reversible, variants
+from vit_jax import fixed_order, layers, reversible, variants
 
 _BRANCHES = {'block': layers.Block.__call__, 'attention': layers.Block.attention_branch,
              'mlp': layers.Block.mlp_branch}
@@ -77,7 +77,7 @@ class ViT(nn.Module):
     else:
       streams = reversible.autodiff_stack(variant, branch_fn, params, streams, aux, keys)
 
-    x = nn.LayerNorm(epsilon=layers.LN_EPS, dtype=self.dtype)(variant.readout(streams)[:, 0])
+    x = fixed_order.LayerNorm(epsilon=layers.LN_EPS, dtype=self.dtype)(variant.readout(streams)[:, 0])
     logits = layers.torch_linear(self.num_classes, x.shape[-1], dtype=self.dtype)(x)
     logits = logits.astype(self.stream_dtype)
     return (logits, trace) if probe is not None else logits
