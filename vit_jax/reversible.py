@@ -7,20 +7,22 @@ per-block PRNG keys and ``aux`` (BDIA's γ), so a stack is one ``lax.scan``.
 Reversible backprop (``reversible_stack``), for blocks k = K-1 … 0, coupling by coupling
 in reverse order, starting from the stack's output and its cotangent ḡ:
 
-    h          = isolated(branch_k)(θ_k, b)       # b, the source stream, is known
-    a          = inverse(a', b, h, side)          # rebuild the target stream
-    ḡa, ḡb, ḡh = vjp(forward)(ḡa')                # elementwise: cheap to recompute
-    θ̄_k, ḡb'   = vjp(branch_k)(ḡh)                # one forward+backward through the branch
+    h, vjp_h   = vjp(branch_k)(θ_k, b)        # b, the source stream, is known
+    a          = inverse(a', b, h, side)      # rebuild the target stream
+    ḡa, ḡb, ḡh = vjp(forward)(ḡa')            # elementwise: cheap to recompute
+    θ̄_k, ḡb'   = vjp_h(ḡh)
     ḡb        += ḡb'
 
-``isolated`` computes h exactly as the forward pass did (same function, inputs, keys and,
-thanks to optimization barriers, the same compiled code), so the exact variants rebuild
-every stream bit for bit. Each branch thus runs once in the forward pass and twice plus
-one backward in the backward pass. Memory holds only the current streams, the side bits
-(packed) and the keys: it does not grow with depth but for the side bits.
-"""
-import functools
+Each branch thus runs once in the forward pass and once forward and once backward in the
+backward pass, as under remat; memory holds only the current streams, the side bits
+(packed) and the keys, so it does not grow with depth but for the side bits.
 
+The exact variants need h in the backward pass to reproduce the forward pass's bits
+although XLA compiles it in another context (here: as the primal half of a VJP, fused
+with other work). Matmuls and elementwise operations give the same bits wherever they
+are placed; reductions need not, so the branch sums in a fixed order (fixed_order.py).
+``verify.py`` checks the result on the machine at hand.
+"""
 import jax
 import jax.numpy as jnp
 
@@ -35,25 +37,12 @@ def _reorder(streams, order, inverse=False):
   return tuple(streams[i] for i in order)
 
 
-def isolated(branch_fn, params, name, x, key):
-  """h(x) computed as an island that XLA cannot fuse with its surroundings.
-
-  The forward pass and the backward pass's recomputation then compile h identically and
-  produce the same bits. Without the barriers, XLA:GPU fused h differently in the two
-  places (other fusions, reduction orders, FMA contraction) and BDIA's quantizer turned
-  last-bit differences into whole grid steps (measured on an H100, see RESULTS.md).
-  """
-  params, x = jax.lax.optimization_barrier((params, x))
-  return jax.lax.optimization_barrier(branch_fn(params, name, x, key))
-
-
 def block_forward(variant, branch_fn, params, streams, aux, key):
   """Applies one block's couplings; returns (new streams, side info per coupling)."""
   streams, sides = list(streams), []
-  h = functools.partial(isolated, branch_fn) if variant.reversible else branch_fn
   for i, c in enumerate(variant.couplings):
     b = streams[c.source]
-    hb = None if c.branch is None else h(params, c.branch, b, jax.random.fold_in(key, i))
+    hb = None if c.branch is None else branch_fn(params, c.branch, b, jax.random.fold_in(key, i))
     streams[c.target], side = c.forward(streams[c.target], b, hb, aux)
     sides.append(side)
   return _reorder(streams, variant.order), sides
@@ -68,13 +57,14 @@ def block_backward(variant, branch_fn, params, streams, grads, aux, key, sides):
     c = variant.couplings[i]
     b = streams[c.source]
     k = jax.random.fold_in(key, i)
-    hb = None if c.branch is None else isolated(branch_fn, params, c.branch, b, k)
+    hb = None
+    if c.branch is not None:
+      hb, vjp_branch = jax.vjp(lambda p, x: branch_fn(p, c.branch, x, k), params, b)
     a = c.inverse(streams[c.target], b, hb, aux, sides[i])
     _, vjp_forward = jax.vjp(lambda a, b, hb: c.forward(a, b, hb, aux)[0], a, b, hb)
     grad_a, grad_b, grad_hb = vjp_forward(grads[c.target])
-    if c.branch is not None:  # h again, inside its VJP, on inputs XLA cannot merge with ``hb``'s
-      fn = lambda p, x: branch_fn(p, c.branch, x, k)
-      grad_p, grad_b_branch = jax.vjp(fn, *jax.lax.optimization_barrier((params, b)))[1](grad_hb)
+    if c.branch is not None:
+      grad_p, grad_b_branch = vjp_branch(grad_hb)
       grad_params = jax.tree.map(jnp.add, grad_params, grad_p)
       grad_b = grad_b + grad_b_branch
     streams[c.target], grads[c.target] = a, grad_a
