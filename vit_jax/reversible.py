@@ -79,7 +79,10 @@ def autodiff_stack(variant, branch_fn, params, streams, aux, keys):
     return block_forward(variant, branch_fn, p, streams, a, k)[0], None
   if variant.remat:
     step = jax.checkpoint(step)
-  return jax.lax.scan(step, tuple(streams), (params, aux, keys))[0]
+  # Plain autodiff unrolls the blocks: each block's activations then get their own
+  # buffers instead of being copied into the scan's stacked ones (CPU, depth 6, batch 128:
+  # 6.7 -> 5.3 s a step). remat stays a scan: unrolled, XLA:CPU kept everything anyway.
+  return jax.lax.scan(step, tuple(streams), (params, aux, keys), unroll=not variant.remat)[0]
 
 
 def _pack(variant, sides):
