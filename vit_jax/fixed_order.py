@@ -1,14 +1,15 @@
 """Sums whose bits do not depend on how XLA compiles them: what makes h reproducible.
 
 The exact stacks recompute each block's branch h in the backward pass and need the very
-bits the forward pass produced. A matmul or an elementwise op gives the same bits
-wherever XLA puts it, but a ``reduce`` does not: XLA:CPU emits a reduction differently
-when it shares a fusion with other work (vectorised partial sums, other loop orders),
-and next to h's VJP the LayerNorm statistics of the forward computation land in such a
-fusion. Measured (dim 512, batch 128): a LayerNorm computed alone and computed in a
-program that also runs its VJP differed in 1.0 M of 4.3 M outputs (by up to 7e-7),
-enough to move BDIA's quantizer across a rounding boundary for about 100 elements
-per block at the CIFAR-10 preset.
+bits the forward pass produced, although XLA compiles the recomputation in another
+context (next to h's VJP). On XLA:CPU the matmuls and elementwise ops of h gave the same
+bits in both places; a ``reduce`` over more than about 3,000 rows did not (how XLA:CPU
+compiles a large reduction depends on what shares the program with it). Measured (dim
+512, batch 128, 8,320 rows): a LayerNorm computed alone and computed next to its VJP
+differed in 1.0 M of 4.3 M outputs (by up to 7e-7), enough to move BDIA's quantizer
+across a rounding boundary for about 100 elements per block at the CIFAR-10 preset.
+Other backends (GPU: TF32, autotuned GEMMs, FMA contraction) may differ in other ways;
+``python -m vit_jax.verify`` checks a machine.
 
 ``tree_sum`` writes the order out: the last axis is zero-padded to a power of two and
 halved, ``x[..., :n/2] + x[..., n/2:]``, until one element is left. These are

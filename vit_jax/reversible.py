@@ -19,9 +19,9 @@ backward pass, as under remat; memory holds only the current streams, the side b
 
 The exact variants need h in the backward pass to reproduce the forward pass's bits
 although XLA compiles it in another context (here: as the primal half of a VJP, fused
-with other work). Matmuls and elementwise operations give the same bits wherever they
-are placed; reductions need not, so the branch sums in a fixed order (fixed_order.py).
-``verify.py`` checks the result on the machine at hand.
+with other work). On XLA:CPU its matmuls and elementwise operations do; its large
+reductions did not, so the branch sums in a fixed order (fixed_order.py). ``verify.py``
+checks the result on the machine at hand.
 """
 import jax
 import jax.numpy as jnp
