@@ -51,6 +51,21 @@ def test_bench_writes_a_well_formed_table(tmp_path, capsys):
   assert table[0].startswith('| variant |') and len(table) == 4
 
 
+def test_model_flops_match_xla_cost_of_the_forward_pass():
+  """MFU's model FLOPs (3× the forward matmuls) agree with XLA's count of the forward pass."""
+  import jax
+  import jax.numpy as jnp
+  from vit_jax import model as model_lib
+  c = bench.make_config('vit', 2, 1, [])
+  m = model_lib.build(c)
+  x = jnp.zeros((1, 32, 32, 3))
+  params = jax.jit(m.init)(jax.random.PRNGKey(0), x)
+  cost = jax.jit(m.apply).lower(params, x).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  # XLA also counts the elementwise work (LayerNorm, softmax, GELU): about 2 % more here.
+  assert 1.0 <= cost['flops'] / (bench.train_flops_per_image(c) / 3) <= 1.05
+
+
 def test_bench_rejects_an_unknown_variant():
   with pytest.raises(SystemExit):
     bench.main(['--variants', 'vit,nope'])

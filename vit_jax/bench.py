@@ -6,7 +6,8 @@
 Each configuration compiles the real training step (steps.make_train_step: augmentation,
 forward, backward, SET-Adam update) on a synthetic uint8 data set kept on the device, and
 reports compile time, the median step time over ``--steps`` timed steps after warm-up,
-images/s, model FLOPs utilisation where the device's peak is known, and training memory:
+images/s, model FLOPs utilisation where the device's peak is known (model FLOPs: the
+same count for every variant, ``train_flops_per_image``), and training memory:
 - ``compiled_analysis``: XLA's buffer assignment for the step (temp + arguments + outputs
   - aliased), deterministic and available on every backend; ``temp_mib`` is its temp part
   alone (activations kept for the backward pass, gradients, workspace: no parameters,
@@ -43,9 +44,29 @@ def make_config(variant: str, depth: int, batch: int, overrides: list[str]):
   return c
 
 
+def train_flops_per_image(c) -> float:
+  """Model FLOPs of one training image: 3× the forward pass's matmuls (forward + backward).
+
+  The same for every variant (recomputation in the backward pass is not model work), so
+  MFU compares variants fairly. Per token and block: qkv, output projection, the two MLP
+  layers and the two attention products; plus the patch embedding and the head.
+  """
+  m = c.model
+  inner, patches = m.heads * m.dim_head, (m.image_size // m.patch_size) ** 2
+  tokens = patches + 1
+  block = 2 * (3 * m.dim * inner + inner * m.dim + 2 * m.dim * m.mlp_dim + 2 * tokens * inner)
+  embed = 2 * patches * (m.patch_size ** 2 * 5 * m.channels) * m.dim
+  return 3.0 * (m.depth * tokens * block + embed + 2 * m.dim * m.num_classes)
+
+
 def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str],
-            warmup: int = 2) -> dict:
-  """Compiles and times one configuration in this process (``warmup`` untimed steps first)."""
+            warmup: int = 2, device_peak: bool = False) -> dict:
+  """Compiles and times one configuration in this process (``warmup`` untimed steps first).
+
+  ``device_peak``: report the device's peak bytes in use (a fresh process per
+  configuration only: the peak cannot be reset, so a second configuration would inherit
+  the first one's).
+  """
   import jax
   import numpy as np
   from vit_jax import model as model_lib, optim, steps
@@ -88,13 +109,10 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     step_s = statistics.median(times)
     row['step_time_ms'] = round(step_s * 1e3, 2)
     row['images_per_s'] = round(batch / step_s, 1)
-    flops = (compiled.cost_analysis() or {}).get('flops') if hasattr(compiled, 'cost_analysis') else None
-    if isinstance(flops, list):
-      flops = flops[0].get('flops') if flops else None
     peak = next((v for k, v in PEAK_FLOPS.items() if k in row['device']), {}).get(row['dtype'])
-    row['mfu'] = round(flops / step_s / peak, 4) if flops and peak else ''
+    row['mfu'] = round(batch * train_flops_per_image(c) / step_s / peak, 4) if peak else ''
     stats = jax.local_devices()[0].memory_stats() or {}
-    if 'peak_bytes_in_use' in stats:
+    if device_peak and 'peak_bytes_in_use' in stats:
       row['memory_mib'], row['memory_source'] = round(stats['peak_bytes_in_use'] / 2**20, 1), 'device_peak'
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED and friends
     if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
@@ -148,7 +166,7 @@ def main(argv=None):
   p.add_argument('--one', help=argparse.SUPPRESS)
   args = p.parse_args([a for a in argv if not a.startswith('--config.')])
   if args.one:
-    print(json.dumps(measure(*json.loads(args.one))), flush=True)
+    print(json.dumps(measure(*json.loads(args.one), device_peak=True)), flush=True)
     return
   from vit_jax import variants
   names = args.variants.split(',')
