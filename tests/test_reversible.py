@@ -127,7 +127,7 @@ def exact_run(tiny_batch):
     # difference and depth 6 already chains five γ = ±1/2 blocks.
     m = tiny_model(v, 6, dtype=jnp.bfloat16)
     steps[v + '-bf16'], args[v + '-bf16'] = probe_step(m, images, labels), probe_args(m)
-    # Many rows on a fine grid: XLA:CPU compiles a reduction over more than ~4k rows
+    # Many rows on a fine grid: XLA:CPU compiles a reduction over more than ~3k rows
     # differently next to its VJP, which the quantizer turns into grid steps (with
     # flax.linen.LayerNorm here: hundreds of mismatched elements; see fixed_order.py).
     m = tiny_model(v, 2, quant_bits=16)
