@@ -123,6 +123,51 @@ def test_table_values(runs_root, tmp_path):
   assert deep['epoch_time_s'] == pytest.approx(20.0) and deep['params'] is None
 
 
+def _time_to(variant, seed, target, epochs=4):
+  """Seconds of training until the first epoch with val_acc >= target (fixture's times)."""
+  elapsed = 0.0
+  for e, acc in enumerate(VAL_ACC[(variant, seed)][:epochs]):
+    elapsed += 30.0 if e == 0 else EPOCH_TIME[variant] + seed / 10
+    if acc >= target:
+      return elapsed
+  return None
+
+
+def test_time_to_accuracy_default_target(runs_root, tmp_path):
+  # Default target: the lowest best accuracy of the finished runs (bdia seed 1: 46 %),
+  # rounded down to a whole percent; the unfinished runs do not set it.
+  rows = {r['label']: r for r in
+          report.build_report([str(runs_root)], str(tmp_path / 'o'), plots=False)}
+  assert [r['target_acc_pct'] for r in rows.values()] == pytest.approx([46.0] * 3)
+  vit = [_time_to('vit', s, 0.46) for s in range(3)]
+  assert vit == pytest.approx([50.0, 40.1, 50.4])
+  assert rows['vit']['time_to_target_s_mean'] == pytest.approx(statistics.mean(vit))
+  assert rows['vit']['time_to_target_s_std'] == pytest.approx(statistics.stdev(vit))
+  assert rows['vit']['n_reached_target'] == 3
+  bdia = [_time_to('bdia', s, 0.46, 3 if s == 2 else 4) for s in range(3)]
+  assert rows['bdia depth=6']['time_to_target_s_mean'] == pytest.approx(statistics.mean(bdia))
+  deep = rows['bdia depth=12']  # best 35 %: never reaches the target
+  assert deep['n_reached_target'] == 0 and deep['time_to_target_s_mean'] is None
+
+
+def test_time_to_accuracy_explicit_target(runs_root, tmp_path):
+  out = tmp_path / 'o'
+  assert report.main([str(runs_root), '--out', str(out), '--target-acc', '50']) == 0
+  with open(out / 'results.csv', newline='') as f:
+    rows = {r['label']: r for r in csv.DictReader(f)}
+  vit = [_time_to('vit', s, 0.50) for s in range(3)]
+  assert vit == pytest.approx([50.0, 60.3, 50.4])  # seed 1 reaches 51 % only in epoch 4
+  assert float(rows['vit']['time_to_target_s_mean']) == pytest.approx(statistics.mean(vit))
+  # bdia: only seed 0 reaches 50 %; the mean is over it alone and the table says 1/3.
+  assert rows['bdia depth=6']['n_reached_target'] == '1'
+  assert float(rows['bdia depth=6']['time_to_target_s_mean']) == pytest.approx(58.0)
+  md = (out / 'results.md').read_text()
+  assert '| 58 ± — (1/3 reached) |' in md and 'not reached (0/1)' in md
+  assert 'Target: 50 % (cifar10)' in md and 'reached 50% after 50.0 s' in md
+  with pytest.raises(SystemExit, match='--target-acc must be a percentage'):
+    report.main([str(runs_root), '--out', str(out), '--target-acc', '0.5e3'])
+
+
 def test_outputs_md_csv_and_pngs(runs_root, tmp_path, capsys):
   out = tmp_path / 'out'
   assert report.main([str(runs_root), '--out', str(out)]) == 0
@@ -141,7 +186,8 @@ def test_outputs_md_csv_and_pngs(runs_root, tmp_path, capsys):
   assert float(rows[0]['epoch_time_s']) == pytest.approx(10.1)
   assert rows[2]['best_val_acc_pct_std'] == '' and rows[2]['peak_memory_mib'] == ''
 
-  for name in ('val_acc.png', 'train_loss.png', 'memory.png', 'acc_vs_memory.png'):
+  for name in ('val_acc.png', 'val_acc_vs_time.png', 'train_loss.png', 'memory.png',
+               'acc_vs_memory.png'):
     path = out / name
     assert path.read_bytes()[:8] == PNG_SIGNATURE, name
     with Image.open(path) as img:

@@ -61,29 +61,54 @@ def mean_band(runs: Sequence[tuple[np.ndarray, np.ndarray]]):
   return epochs, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
 
 
+def _time_unit(curves) -> tuple[str, float]:
+  """The unit (s, min or h) that keeps the longest run's training time readable."""
+  longest = max((np.nansum(m['epoch_time_s']) for runs in curves.values() for m in runs
+                 if 'epoch_time_s' in m), default=0.0)
+  return ('h', 3600.0) if longest > 10 * 3600 else ('min', 60.0) if longest > 600 else ('s', 1.0)
+
+
 def plot_curves(rows, curves, metric: str, path: str, title: str, ylabel: str,
-                scale: float = 1.0) -> str | None:
-  """Mean over seeds per group with a shaded min–max band; None when no group has data."""
+                scale: float = 1.0, against_time: bool = False) -> str | None:
+  """Mean over seeds per group with a shaded min–max band; None when no group has data.
+
+  ``against_time``: x is the training time at the end of each epoch (cumulative
+  ``epoch_time_s``, mean over seeds) instead of the epoch, and the time-to-accuracy
+  target is drawn as a dotted line.
+  """
   styles, drawn = _styles(rows), 0
+  unit, per_unit = _time_unit(curves)
   fig, ax = _figure()
   for row in rows:
-    runs = [(m['epoch'], m[metric]) for m in curves.get(row['label'], [])
-            if metric in m and np.isfinite(m[metric]).any()]
+    runs = [m for m in curves.get(row['label'], [])
+            if metric in m and np.isfinite(m[metric]).any()
+            and (not against_time or np.isfinite(m['epoch_time_s']).all())]
     if not runs:
       continue
-    epochs, mean, lo, hi = mean_band(runs)
+    epochs, mean, lo, hi = mean_band([(m['epoch'], m[metric]) for m in runs])
+    x = epochs
+    if against_time:
+      x = mean_band([(m['epoch'], np.cumsum(m['epoch_time_s'])) for m in runs])[1] / per_unit
     color, ls, marker = styles[row['label']]
-    ax.plot(epochs, mean * scale, color=color, linestyle=ls, linewidth=1.6,
+    ax.plot(x, mean * scale, color=color, linestyle=ls, linewidth=1.6,
             marker=marker if len(epochs) <= 25 else None, markersize=3.5,
             label=_legend_label(row))
     if len(runs) >= 2:
-      ax.fill_between(epochs, lo * scale, hi * scale, color=color, alpha=0.18, linewidth=0)
+      ax.fill_between(x, lo * scale, hi * scale, color=color, alpha=0.18, linewidth=0)
     drawn += 1
   if not drawn:
     print(f'note: skipping {os.path.basename(path)}: no {metric} values')
     return None
-  ax.set(title=title, xlabel='epoch', ylabel=ylabel)
-  ax.xaxis.get_major_locator().set_params(integer=True)
+  targets = {r['target_acc_pct'] for r in rows if r.get('target_acc_pct') is not None}
+  if against_time and len(targets) == 1:
+    target = targets.pop()
+    ax.axhline(target, color='grey', linestyle=':', linewidth=1)
+    ax.annotate(f'target {target:g} %', (0, target), xycoords=('axes fraction', 'data'),
+                xytext=(4, 3), textcoords='offset points', fontsize='small', color='grey')
+  ax.set(title=title, xlabel=f'training time ({unit})' if against_time else 'epoch',
+         ylabel=ylabel)
+  if not against_time:
+    ax.xaxis.get_major_locator().set_params(integer=True)
   ax.grid(alpha=0.3)
   ax.legend(fontsize='small', title='mean over seeds, band = min–max', title_fontsize='small')
   fig.savefig(path)
@@ -157,7 +182,8 @@ def plot_acc_vs_memory(rows, path: str) -> str | None:
 
 def write_plots(rows: Sequence[dict], curves: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
                 out_dir: str) -> list[str]:
-  """Writes val_acc.png, train_loss.png, memory.png and acc_vs_memory.png; returns their paths.
+  """Writes val_acc.png, val_acc_vs_time.png, train_loss.png, memory.png and
+  acc_vs_memory.png; returns their paths.
 
   ``rows`` are ``vit_jax.report`` group rows; ``curves`` maps a row's label to its runs'
   metrics.csv columns (arrays keyed 'epoch', 'val_acc', 'train_loss', ...). A plot whose
@@ -171,6 +197,9 @@ def write_plots(rows: Sequence[dict], curves: Mapping[str, Sequence[Mapping[str,
   out = [
       plot_curves(rows, curves, 'val_acc', os.path.join(out_dir, 'val_acc.png'),
                   'Validation accuracy', 'validation accuracy (%)', scale=100.0),
+      plot_curves(rows, curves, 'val_acc', os.path.join(out_dir, 'val_acc_vs_time.png'),
+                  'Validation accuracy against training time', 'validation accuracy (%)',
+                  scale=100.0, against_time=True),
       plot_curves(rows, curves, 'train_loss', os.path.join(out_dir, 'train_loss.png'),
                   'Training loss', 'training loss (cross-entropy, nats)'),
       plot_memory(rows, os.path.join(out_dir, 'memory.png')),

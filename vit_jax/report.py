@@ -7,30 +7,31 @@ that tell it apart from other groups of that variant (``bdia depth=12``): one ro
 ``results.md`` / ``results.csv`` (mean ± std over seeds), one curve or bar in the plots.
 Per-epoch numbers (best/final val acc, epochs, time per epoch, images/s) always come from
 ``metrics.csv``, so unfinished runs are handled alike and the table matches the plots;
-``summary.json`` adds parameters, compile time and peak memory.
+``summary.json`` adds parameters, compile time and peak memory. Time to accuracy is the
+training time until the validation accuracy first reaches a target (``--target-acc``, by
+default the highest whole percent every run of the data set reaches).
 """
 import argparse
 import csv
 import fnmatch
 import json
-import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
+
+from vit_jax.run_reader import default_targets, find_run_dirs, load_run, time_to_accuracy
 
 # Config fields that do not change what is trained (dotted key or last component, fnmatch).
 IGNORED_KEYS = ('seed', 'workdir', 'data_dir', 'progress_bar', 'log_every_steps',
                 'checkpoint_*', 'keep_checkpoints', 'exactness_check_every_steps',
                 'distributed')
 VARIANT_ORDER = ('vit', 'remat', 'revvit', 'bdia', 'momentum')
-_REQUIRED = ('epoch', 'val_acc')
-_FLOAT_COLS = ('step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'epoch_time_s',
-               'images_per_s', 'peak_memory_mib')
 CSV_FIELDS = ('label', 'variant', 'dataset', 'n_seeds', 'seeds', 'n_finished', 'epochs_min',
               'epochs_max', 'planned_epochs', 'best_val_acc_pct_mean', 'best_val_acc_pct_std',
               'best_epoch_mean', 'final_val_acc_pct_mean', 'final_val_acc_pct_std',
-              'epoch_time_s', 'images_per_s', 'peak_memory_mib', 'memory_source', 'params',
+              'target_acc_pct', 'time_to_target_s_mean', 'time_to_target_s_std',
+              'n_reached_target', 'epoch_time_s', 'images_per_s', 'peak_memory_mib', 'memory_source', 'params',
               'compile_time_s', 'run_dirs')
 
 
@@ -48,115 +49,6 @@ _NOTE_TIME = (
 
 def _fail(msg: str):
   raise SystemExit(f'vit_jax.report: error: {msg}')
-
-
-def find_run_dirs(paths: Sequence[str]) -> list[str]:
-  """Workdirs (folders holding metrics.csv) at or below each path, sorted, no duplicates."""
-  found, seen = [], set()
-  for path in paths:
-    if not os.path.isdir(path):
-      _fail(f'no such directory: {path}')
-    for root, dirs, files in os.walk(path):
-      dirs.sort()
-      if 'metrics.csv' in files:
-        dirs.clear()  # a workdir's subfolders are checkpoints, not runs
-        key = os.path.realpath(root)
-        if key not in seen:
-          seen.add(key)
-          found.append(root)
-  if not found:
-    _fail('no run directories (folders containing metrics.csv) found under: ' + ', '.join(paths))
-  return found
-
-
-def read_metrics(path: str) -> dict[str, Any]:
-  """Columns of a metrics.csv as arrays (one entry per epoch, sorted, last row per epoch wins).
-
-  Empty cells become NaN (numbers) or '' (memory_source). Raises SystemExit naming the file
-  for an unreadable file, a missing header or required column, or a non-numeric cell.
-  """
-  try:
-    with open(path, newline='') as f:
-      reader = csv.DictReader(f)
-      header = reader.fieldnames
-      if not header:
-        _fail(f'malformed {path}: empty file, expected a header line')
-      missing = [c for c in _REQUIRED if c not in header]
-      if missing:
-        _fail(f'malformed {path}: missing column(s) {", ".join(missing)}')
-      rows = {}
-      for row in reader:
-        line = reader.line_num
-        if None in row or None in row.values():
-          _fail(f'malformed {path}: line {line} has a different number of fields than the header')
-        try:
-          rec = {c: float(row[c]) if row[c].strip() else math.nan for c in _FLOAT_COLS if c in row}
-          rec['epoch'] = int(float(row['epoch']))
-        except ValueError as e:
-          _fail(f'malformed {path}: line {line}: {e}')
-        rec['memory_source'] = row.get('memory_source') or ''
-        rows[rec['epoch']] = rec  # a resumed run may repeat epochs: keep the latest
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    _fail(f'cannot read {path}: {e}')
-  recs = [rows[e] for e in sorted(rows)]
-  out = {c: np.array([r.get(c, math.nan) for r in recs], dtype=float) for c in _FLOAT_COLS}
-  out['epoch'] = np.array([r['epoch'] for r in recs], dtype=int)
-  return dict(out, memory_source=[r['memory_source'] for r in recs])
-
-
-def _read_json(path: str) -> dict | None:
-  """The JSON object in ``path``; None when the file does not exist."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except (OSError, ValueError) as e:
-    _fail(f'cannot read {path}: {e}')
-  if not isinstance(data, dict):
-    _fail(f'malformed {path}: expected a JSON object')
-  return data
-
-
-def _steady_mean(values: np.ndarray) -> float | None:
-  """Mean over epochs, without the first one (it includes compilation) when there are ≥2."""
-  values = values[1:] if len(values) >= 2 else values
-  values = values[np.isfinite(values)]
-  return float(values.mean()) if len(values) else None
-
-
-def load_run(run_dir: str) -> dict | None:
-  """One run's config, summary, metrics and per-run numbers; None when no epoch is recorded."""
-  m = read_metrics(os.path.join(run_dir, 'metrics.csv'))
-  if not len(m['epoch']):
-    print(f'note: skipping {run_dir}: metrics.csv has no epochs yet')
-    return None
-  config = _read_json(os.path.join(run_dir, 'config.json'))
-  summary = _read_json(os.path.join(run_dir, 'summary.json')) or {}
-  cfg = config or {}
-  acc = m['val_acc']
-  best_i = int(np.nanargmax(acc)) if np.isfinite(acc).any() else None
-  run = dict(
-      dir=run_dir, config=config, metrics=m, finished=bool(summary.get('finished', False)),
-      variant=str(cfg.get('model', {}).get('variant') or summary.get('variant') or 'unknown'),
-      dataset=str(cfg.get('dataset') or summary.get('dataset') or '?'),
-      seed=cfg.get('seed', summary.get('seed')), planned_epochs=cfg.get('num_epochs'),
-      epochs=len(m['epoch']), final_val_acc=float(acc[-1]),
-      best_val_acc=None if best_i is None else float(acc[best_i]),
-      best_epoch=None if best_i is None else int(m['epoch'][best_i]),
-      epoch_time_s=_steady_mean(m['epoch_time_s']),
-      images_per_s=_steady_mean(m['images_per_s']) or summary.get('images_per_s'),
-      params=summary.get('params'), compile_time_s=summary.get('compile_time_s'),
-      peak_memory_mib=summary.get('peak_memory_mib'),
-      memory_source=summary.get('memory_source') or '')
-  mem = m['peak_memory_mib']
-  if run['peak_memory_mib'] is None and np.isfinite(mem).any():
-    i = int(np.nanargmax(mem))
-    run['peak_memory_mib'], run['memory_source'] = float(mem[i]), m['memory_source'][i]
-  s_best, best = summary.get('best_val_acc'), run['best_val_acc']
-  if s_best is not None and best is not None and abs(s_best - best) > 1e-6:
-    print(f'note: {run_dir}: summary.json best_val_acc differs from metrics.csv; using metrics.csv')
-  return run
 
 
 def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -214,10 +106,15 @@ def _mean_std(values: Sequence[float | None], scale: float = 1.0):
   return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) >= 2 else None)
 
 
-def summarize_group(group: dict) -> dict:
-  """The group's table row: per-run numbers aggregated over seeds (accuracies in %)."""
+def summarize_group(group: dict, target: float | None = None) -> dict:
+  """The group's table row: per-run numbers aggregated over seeds (accuracies in %).
+
+  ``target``: the validation accuracy (fraction) for the time-to-accuracy columns.
+  """
   runs = group['runs']
   col = lambda k: [r[k] for r in runs]
+  times = [] if target is None else [time_to_accuracy(r['metrics'], target) for r in runs]
+  time_m, time_s = _mean_std(times)
   best_m, best_s = _mean_std(col('best_val_acc'), 100.0)
   final_m, final_s = _mean_std(col('final_val_acc'), 100.0)
   mems = [r['peak_memory_mib'] for r in runs if r['peak_memory_mib'] is not None]
@@ -233,6 +130,8 @@ def summarize_group(group: dict) -> dict:
       best_val_acc_pct_mean=best_m, best_val_acc_pct_std=best_s,
       best_epoch_mean=_mean_std(col('best_epoch'))[0],
       final_val_acc_pct_mean=final_m, final_val_acc_pct_std=final_s,
+      target_acc_pct=pct(target), time_to_target_s_mean=time_m, time_to_target_s_std=time_s,
+      n_reached_target=sum(t is not None for t in times),
       epoch_time_s=_mean_std(col('epoch_time_s'))[0],
       images_per_s=_mean_std(col('images_per_s'))[0],
       peak_memory_mib=max(mems) if mems else None, memory_source='+'.join(sources),
@@ -240,8 +139,9 @@ def summarize_group(group: dict) -> dict:
       compile_time_s=_mean_std(col('compile_time_s'))[0],
       run_dirs=col('dir'), config=group['flat'],
       runs=[dict({k: r[k] for k in ('dir', 'seed', 'epochs', 'planned_epochs', 'finished')},
-                 best_val_acc_pct=pct(r['best_val_acc']), final_val_acc_pct=pct(r['final_val_acc']))
-            for r in runs])
+                 best_val_acc_pct=pct(r['best_val_acc']), final_val_acc_pct=pct(r['final_val_acc']),
+                 time_to_target_s=t)
+            for r, t in zip(runs, times or [None] * len(runs))])
 
 
 def _fmt(v, spec: str) -> str:
@@ -253,13 +153,30 @@ def _pm(row, key) -> str:
   return '—' if mean is None else f'{mean:.2f} ± {_fmt(std, ".2f")}'
 
 
+def _time_to_target(row) -> str:
+  mean, std, k, n = (row['time_to_target_s_mean'], row['time_to_target_s_std'],
+                     row['n_reached_target'], row['n_seeds'])
+  if mean is None:
+    return '—' if row['target_acc_pct'] is None else f'not reached (0/{n})'
+  return f'{mean:,.0f} ± {_fmt(std, ",.0f")}' + ('' if k == n else f' ({k}/{n} reached)')
+
+
+def _note_target(rows: Sequence[dict]) -> str:
+  targets = ', '.join(f'{t:g} % ({d})' for d, t in
+                      dict.fromkeys((r['dataset'], r['target_acc_pct']) for r in rows
+                                    if r['target_acc_pct'] is not None))
+  return ('² Training time (sum of epoch times: XLA compilation included, evaluation excluded) '
+          'until the first epoch whose validation accuracy reaches the target, mean ± std over '
+          f'the seeds that reached it. Target: {targets or "none"}.')
+
+
 def write_markdown(rows: Sequence[dict], path: str):
   """results.md: one table row per group, footnotes, and the run directories used."""
   lines = ['# Results', '',
            '| run | dataset | seeds | finished | epochs | best val acc (%) | best epoch '
-           '| final val acc (%) | time/epoch (s)¹ | images/s¹ | peak memory (MiB) '
-           '| memory source | params |',
-           '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|']
+           '| final val acc (%) | time to target (s)² | time/epoch (s)¹ | images/s¹ '
+           '| peak memory (MiB) | memory source | params |',
+           '|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|']
   for r in rows:
     epochs = str(r['epochs_min']) + ('' if r['epochs_min'] == r['epochs_max'] else
                                      f'–{r["epochs_max"]}')
@@ -267,16 +184,18 @@ def write_markdown(rows: Sequence[dict], path: str):
         r['label'].replace('|', r'\|'), r['dataset'], str(r['n_seeds']),
         f'{r["n_finished"]}/{r["n_seeds"]}', epochs,
         _pm(r, 'best_val_acc_pct'), _fmt(r['best_epoch_mean'], '.1f'), _pm(r, 'final_val_acc_pct'),
-        _fmt(r['epoch_time_s'], '.2f'), _fmt(r['images_per_s'], ',.0f'),
+        _time_to_target(r), _fmt(r['epoch_time_s'], '.2f'), _fmt(r['images_per_s'], ',.0f'),
         _fmt(r['peak_memory_mib'], ',.1f'), r['memory_source'] or '—', _fmt(r['params'], ',')])
                  + ' |')
-  lines += ['', _NOTE_ACC, '', _NOTE_TIME, '', '## Run directories', '']
+  lines += ['', _NOTE_ACC, '', _NOTE_TIME, '', _note_target(rows), '', '## Run directories', '']
   for r in rows:
     for run in r['runs']:
       planned = f'/{run["planned_epochs"]}' if run['planned_epochs'] else ''
       lines.append(f'- `{run["dir"]}`: {r["label"]}, seed {run["seed"]}, {run["epochs"]}{planned} '
                    f'epochs, best {_fmt(run["best_val_acc_pct"], ".2f")}%, final '
                    f'{_fmt(run["final_val_acc_pct"], ".2f")}%'
+                   + ('' if run['time_to_target_s'] is None else
+                      f', reached {r["target_acc_pct"]:g}% after {run["time_to_target_s"]:,.1f} s')
                    + ('' if run['finished'] else ', **unfinished**'))
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -296,21 +215,27 @@ def write_csv(rows: Sequence[dict], path: str):
 
 
 def build_report(run_dirs: Sequence[str], out_dir: str, ignore: Sequence[str] = (),
-                 plots: bool = True) -> list[dict]:
+                 plots: bool = True, target_acc: float | None = None) -> list[dict]:
   """Finds runs under ``run_dirs``, writes results.md/.csv (and PNG plots) to ``out_dir``.
 
   Returns the group rows in table order: dicts with the keys of ``CSV_FIELDS`` plus
   ``config`` (the group's flattened config without ignored keys; None without config.json)
   and ``runs`` (per run: dir, seed, epochs, planned_epochs, finished, best/final_val_acc_pct).
+  ``target_acc``: the time-to-accuracy target in percent, the same for every data set;
+  None: per data set, the highest whole percent that every run reaches.
   Raises SystemExit with a one-line message on bad input.
   """
+  if target_acc is not None and not 0.0 < target_acc <= 100.0:
+    _fail(f'--target-acc must be a percentage in (0, 100], got {target_acc:g}')
   runs = [r for r in map(load_run, find_run_dirs(run_dirs)) if r is not None]
   if not runs:
     _fail('no run with at least one recorded epoch found under: ' + ', '.join(run_dirs))
   for r in (r for r in runs if not r['finished']):
     print(f'note: {r["dir"]} is unfinished ({r["epochs"]}/{r["planned_epochs"] or "?"} epochs)')
   groups = group_runs(runs, ignore)
-  rows = [summarize_group(g) for g in groups]
+  targets = (default_targets(runs) if target_acc is None else
+             {r['dataset']: target_acc / 100.0 for r in runs})
+  rows = [summarize_group(g, targets.get(g['dataset'])) for g in groups]
   os.makedirs(out_dir, exist_ok=True)
   write_markdown(rows, os.path.join(out_dir, 'results.md'))
   write_csv(rows, os.path.join(out_dir, 'results.csv'))
@@ -330,8 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--ignore', action='append', default=[], metavar='KEY',
                       help='extra config key (dotted, fnmatch pattern) to ignore when grouping')
   parser.add_argument('--no-plots', action='store_true', help='write only results.md/.csv')
+  parser.add_argument('--target-acc', type=float, metavar='PCT',
+                      help='validation accuracy (%%) for the time-to-accuracy column; default: '
+                      'the highest whole percent every run of the data set reaches')
   args = parser.parse_args(argv)
-  rows = build_report(args.run_dirs, args.out, ignore=args.ignore, plots=not args.no_plots)
+  rows = build_report(args.run_dirs, args.out, ignore=args.ignore, plots=not args.no_plots,
+                      target_acc=args.target_acc)
   n_runs = sum(r['n_seeds'] for r in rows)
   print(f'{len(rows)} group(s) from {n_runs} run(s): {os.path.join(args.out, "results.md")}')
   return 0
