@@ -1,19 +1,21 @@
 """The user-facing tools on tiny models: verify, bench and compare (issue 3 and 4 commands)."""
 import csv
 import json
+import math
 
 import pytest
 
 from tests.train_helpers import make_image_folder
 from vit_jax import bench, compare, presets, variants, verify
 
-TINY = ['--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
-        '--config.model.mlp_dim=32', '--config.model.depth=2']
+TINY_WIDTH = ['--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
+              '--config.model.mlp_dim=32', '--config.model.image_size=8']
+TINY = TINY_WIDTH + ['--config.model.depth=2']
 
 
 def tiny_config(variant):
   c = presets.preset(variant, 'cifar10')
-  presets.apply_overrides(c, TINY + ['--config.model.image_size=8'])
+  presets.apply_overrides(c, TINY)
   return c
 
 
@@ -39,7 +41,7 @@ def test_verify_fails_when_the_inverse_is_broken(monkeypatch):
 def test_bench_writes_a_well_formed_table(tmp_path, capsys):
   out = tmp_path / 'bench.csv'
   bench.main(['--variants', 'vit,bdia', '--depths', '1', '--batch-sizes', '4', '--steps', '1',
-              '--warmup', '1', '--csv', str(out), '--config.model.image_size=8', *TINY])
+              '--warmup', '1', '--csv', str(out), *TINY_WIDTH])
   rows = list(csv.DictReader(open(out)))
   assert [r['variant'] for r in rows] == ['vit', 'bdia']
   assert set(bench.COLUMNS) <= set(rows[0])
@@ -47,6 +49,10 @@ def test_bench_writes_a_well_formed_table(tmp_path, capsys):
   assert 0 < float(rows[1]['memory_ratio_vs_vit'])
   assert all(float(r['step_time_ms']) > 0 and r['status'] == 'ok' for r in rows)
   assert all(0 < float(r['temp_mib']) < float(r['compiled_memory_mib']) for r in rows)
+  # --max-depth's abstract lowering (no arrays) needs what the real step needed.
+  from vit_jax import max_depth
+  abstract = max_depth.compiled_memory_mib('bdia', 1, 4, TINY_WIDTH)
+  assert round(abstract, 1) == float(rows[1]['compiled_memory_mib'])
   table = capsys.readouterr().out.strip().splitlines()
   assert table[0].startswith('| variant |') and len(table) == 4
 
@@ -66,6 +72,44 @@ def test_model_flops_match_xla_cost_of_the_forward_pass():
   assert 1.0 <= cost['flops'] / (bench.train_flops_per_image(c) / 3) <= 1.05
 
 
+@pytest.mark.parametrize('memory, limit, expected', [
+    (lambda d: 100 + 7 * d, 500, 57),            # affine: the guess is the answer
+    (lambda d: 100 + 7 * d + 0.02 * d * d, 500, 50),  # convex: the guess is too deep
+    (lambda d: 100 + 30 * d ** 0.5, 500, 177),   # concave: the guess is too shallow
+    (lambda d: 100 + 7 * d, 110, 1),             # below the probes
+    (lambda d: 100 + 7 * d, 100, 0),             # not even one block fits
+])
+def test_max_depth_finds_the_deepest_fit(memory, limit, expected):
+  from vit_jax import max_depth
+  depth, seen = max_depth.max_depth(memory, limit)
+  assert depth == expected
+  assert all((m <= limit) == (d <= expected) for d, m in seen.items())
+  assert expected + 1 in seen or expected == max_depth.MAX_DEPTH  # D + 1 was tried, and failed
+  # Compiles: 2 probes + guess + D + 1 when memory is affine in depth (as it nearly is);
+  # otherwise a gallop and a bisection, logarithmic in the depth.
+  assert len(seen) <= (4 if expected == 57 else 2 * math.log2(expected + 2) + 4)
+
+
+def test_bench_max_depth_table(tmp_path, monkeypatch):
+  from vit_jax import max_depth
+  per_block = {'vit': 40.0, 'bdia': 3.0}  # MiB per block; the compile is faked here and
+  monkeypatch.setattr(max_depth, 'compiled_memory_mib',  # checked for real below
+                      lambda variant, depth, batch, overrides: 100 + per_block[variant] * depth)
+  out = tmp_path / 'depth.csv'
+  bench.main(['--max-depth', '--memory-limit-mib', '1000', '--variants', 'vit,bdia',
+              '--batch-sizes', '128', '--csv', str(out)])
+  rows = list(csv.DictReader(open(out)))
+  assert [(r['variant'], r['max_depth']) for r in rows] == [('vit', '22'), ('bdia', '300')]
+  assert rows[0]['memory_mib_at_max'] == '980.0' and rows[0]['memory_mib_at_max_plus_1'] == '1020.0'
+  assert {r['limit_source'] for r in rows} == {'--memory-limit-mib'}
+
+
+def test_bench_rejects_overrides_that_contradict_its_grid():
+  for override in ('--config.model.depth=2', '--config.batch_size=8'):
+    with pytest.raises(SystemExit):
+      bench.main(['--variants', 'vit', '--steps', '0', override])
+
+
 def test_bench_rejects_an_unknown_variant():
   with pytest.raises(SystemExit):
     bench.main(['--variants', 'vit,nope'])
@@ -77,7 +121,7 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
   args = ['--dataset', f'folder:{data}', '--variants', 'vit,bdia', '--seeds', '1',
           '--workdir', str(tmp_path / 'cmp'), '--config.num_epochs=1', '--config.batch_size=8',
           '--config.progress_bar=False', '--config.tensorboard=False',
-          '--config.model.image_size=8', '--config.model.num_classes=3', *TINY]
+          '--config.model.num_classes=3', *TINY]
   compare.main(args)
   report = (tmp_path / 'cmp' / 'report' / 'results.md').read_text()
   assert '| vit |' in report and '| bdia |' in report

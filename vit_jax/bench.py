@@ -2,6 +2,7 @@
 
     python -m vit_jax.bench --variants vit,bdia --depths 6,24 --batch-sizes 128 --steps 10 \
         --csv out.csv [--markdown out.md] [--isolate] [--config.model.dim=...]
+    python -m vit_jax.bench --max-depth [--memory-limit-mib N] --variants ... --csv out.csv
 
 Each configuration compiles the real training step (steps.make_train_step: augmentation,
 forward, backward, SET-Adam update) on a synthetic uint8 data set kept on the device, and
@@ -15,6 +16,8 @@ same count for every variant, ``train_flops_per_image``), and training memory:
 - ``device_peak`` (with ``--isolate`` on a GPU): the device's peak bytes in use, each
   configuration in a fresh process (the peak cannot be reset within one), preallocation off.
 Configurations that do not fit are marked OOM instead of stopping the run.
+``--max-depth`` instead finds, per variant and batch size, the deepest model whose step
+fits in the device's memory (compile only; see ``vit_jax.max_depth``).
 """
 import argparse
 import csv
@@ -39,8 +42,8 @@ def make_config(variant: str, depth: int, batch: int, overrides: list[str]):
   """The CIFAR-10 preset with ``variant``, ``depth``, ``batch`` and --config.* overrides."""
   from vit_jax import presets
   c = presets.preset(variant, 'cifar10')
-  c.model.depth, c.batch_size = depth, batch
   presets.apply_overrides(c, overrides)
+  c.model.depth, c.batch_size = depth, batch
   return c
 
 
@@ -144,8 +147,35 @@ def add_ratios(rows: list[dict]) -> list[dict]:
   return rows
 
 
-def markdown(rows: list[dict]) -> str:
-  cols = [c for c in COLUMNS if c not in ('device', 'dtype')]
+MAX_DEPTH_COLUMNS = ('variant', 'batch_size', 'max_depth', 'memory_mib_at_max',
+                     'memory_mib_at_max_plus_1', 'limit_mib', 'limit_source', 'compiles',
+                     'search_s', 'device')
+
+
+def find_max_depths(names, batches, overrides, limit_mib=None) -> list[dict]:
+  """One MAX_DEPTH_COLUMNS row per variant and batch size (``vit_jax.max_depth``)."""
+  import jax
+  from vit_jax import max_depth
+  limit, source = max_depth.memory_limit_mib(limit_mib)
+  rows = []
+  for batch in batches:
+    for name in names:
+      t0 = time.perf_counter()
+      depth, seen = max_depth.max_depth(
+          lambda d, name=name, batch=batch: max_depth.compiled_memory_mib(name, d, batch, overrides),
+          limit)
+      rows.append(dict(variant=name, batch_size=batch, max_depth=depth,
+                       memory_mib_at_max=round(seen[depth], 2) if depth in seen else '',
+                       memory_mib_at_max_plus_1=round(seen[depth + 1], 2) if depth + 1 in seen else '',
+                       limit_mib=round(limit, 1), limit_source=source, compiles=len(seen),
+                       search_s=round(time.perf_counter() - t0, 1),
+                       device=jax.devices()[0].device_kind))
+      print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  return rows
+
+
+def markdown(rows: list[dict], columns=None) -> str:
+  cols = [c for c in columns or COLUMNS if c not in ('device', 'dtype')]
   lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
   lines += ['| ' + ' | '.join(str(r.get(c, '')) for c in cols) + ' |' for r in rows]
   return '\n'.join(lines) + '\n'
@@ -163,8 +193,15 @@ def main(argv=None):
   p.add_argument('--csv', default='')
   p.add_argument('--markdown', default='')
   p.add_argument('--isolate', action='store_true', help='one process per configuration')
+  p.add_argument('--max-depth', action='store_true',
+                  help='find the deepest model that fits in memory per variant (compile only)')
+  p.add_argument('--memory-limit-mib', type=float, default=None,
+                 help="with --max-depth: the limit (default: the device's, or the host's RAM)")
   p.add_argument('--one', help=argparse.SUPPRESS)
   args = p.parse_args([a for a in argv if not a.startswith('--config.')])
+  for key, flag in (('model.depth', '--depths'), ('batch_size', '--batch-sizes')):
+    if any(o.split('=')[0] == f'--config.{key}' for o in overrides):
+      p.error(f'--config.{key} would contradict {flag}; set it with {flag}')
   if args.one:
     print(json.dumps(measure(*json.loads(args.one), device_peak=True)), flush=True)
     return
@@ -180,19 +217,25 @@ def main(argv=None):
     p.error('--depths and --batch-sizes take comma-separated integers, e.g. 6,24')
   if args.warmup < 0 or args.steps < 0:
     p.error('--steps and --warmup must be >= 0')
-  run = _measure_isolated if args.isolate else measure
-  rows = []
-  for batch in batches:
-    for depth in depths:
-      for name in names:
-        rows.append(run(name, depth, batch, args.steps, overrides, args.warmup))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-  add_ratios(rows)
-  table = markdown(rows)
+  if args.memory_limit_mib is not None and args.memory_limit_mib <= 0:
+    p.error('--memory-limit-mib must be > 0')
+  if args.max_depth:
+    rows, columns = find_max_depths(names, batches, overrides, args.memory_limit_mib), \
+        MAX_DEPTH_COLUMNS
+  else:
+    run = _measure_isolated if args.isolate else measure
+    rows, columns = [], COLUMNS
+    for batch in batches:
+      for depth in depths:
+        for name in names:
+          rows.append(run(name, depth, batch, args.steps, overrides, args.warmup))
+          print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    add_ratios(rows)
+  table = markdown(rows, columns)
   print(table)
   if args.csv:
     with open(args.csv, 'w', newline='') as f:
-      w = csv.DictWriter(f, COLUMNS, extrasaction='ignore')
+      w = csv.DictWriter(f, columns, extrasaction='ignore')
       w.writeheader()
       w.writerows(rows)
   if args.markdown:

@@ -1,0 +1,95 @@
+"""The deepest model whose training step fits in memory: ``python -m vit_jax.bench --max-depth``.
+
+A variant whose activation memory is flat in depth (revvit, bdia, momentum) still grows by
+its parameters, gradients and optimizer state; plain autodiff also keeps every block's
+activations. How deep each can go on one device is the practical summary of both.
+
+Nothing is allocated or run: each depth's training step is lowered from abstract shapes
+(``jax.eval_shape``) and compiled, and XLA's buffer assignment gives the memory it needs
+(temp + arguments + outputs - aliased, as ``bench``'s ``compiled_analysis``). The search
+compiles two small depths, extrapolates the (nearly affine) growth to the limit, and
+then steps up or down from that guess until depth D fits and D + 1 does not, so a
+variant costs a handful of compiles whatever its answer.
+"""
+import os
+
+MAX_DEPTH = 100_000  # a search stops here: "fits at every depth tried"
+
+
+def memory_limit_mib(override_mib: float | None = None) -> tuple[float, str]:
+  """(limit in MiB, where it came from): the override, the device's allocator limit, or RAM."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if override_mib:
+    return float(override_mib), '--memory-limit-mib'
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return stats['bytes_limit'] / 2**20, 'device bytes_limit'
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**20, 'host RAM'
+
+
+def compiled_memory_mib(variant: str, depth: int, batch: int, overrides: list[str]) -> float:
+  """XLA's memory for one training step at this depth, from abstract shapes (no allocation)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from vit_jax import bench, model as model_lib, optim, steps  # pylint: disable=import-outside-toplevel
+  c = bench.make_config(variant, depth, batch, overrides)
+  m = c.model
+  mesh = steps.make_mesh()
+  rep = steps.replicated(mesh)
+  n = 4 * batch  # the data set bench uses: four batches kept on the device
+  info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
+  model = model_lib.build(c)
+  tx = optim.make_optimizer(c, info['steps_per_epoch'])
+  image_shape = (m.image_size, m.image_size, m.channels)
+  abstract = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+  state = abstract(jax.eval_shape(lambda: steps.create_state(model, tx, image_shape, 0)))
+  images = jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8, sharding=rep)
+  labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep)
+  perm = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep)
+  sums = abstract(jax.eval_shape(steps.zero_sums))
+  mem = steps.make_train_step(model, info, c, mesh).lower(
+      state, images, labels, perm, sums).compile().memory_analysis()
+  return (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+          - mem.alias_size_in_bytes) / 2**20
+
+
+def max_depth(memory_at, limit_mib: float, probe=(2, 4)) -> tuple[int, dict[int, float]]:
+  """The largest depth D ≥ 1 with ``memory_at(D) <= limit_mib`` (0 if depth 1 does not fit).
+
+  ``memory_at``: depth -> MiB, assumed to grow with depth. Returns D and every depth
+  compiled with its memory. Raises ValueError when memory does not grow between the probes.
+  """
+  seen: dict[int, float] = {}
+
+  def fits(d: int) -> bool:
+    if d not in seen:
+      seen[d] = memory_at(d)
+    return seen[d] <= limit_mib
+
+  lo, hi = probe
+  if not fits(lo):
+    return (0 if not fits(1) else _last_fit(fits, 1, lo)), seen
+  fits(hi)
+  slope = (seen[hi] - seen[lo]) / (hi - lo)
+  if slope <= 0:
+    raise ValueError(f'memory does not grow from depth {lo} ({seen[lo]:.1f} MiB) to {hi} '
+                     f'({seen[hi]:.1f} MiB); cannot extrapolate')
+  guess = min(MAX_DEPTH, max(lo, lo + int((limit_mib - seen[lo]) // slope)))
+  if fits(guess):  # gallop up from the guess, then bisect
+    step, good = 1, guess
+    while good < MAX_DEPTH and fits(min(good + step, MAX_DEPTH)):
+      good, step = min(good + step, MAX_DEPTH), step * 2
+    return (good if good == MAX_DEPTH else _last_fit(fits, good, min(good + step, MAX_DEPTH))), seen
+  step, bad = 1, guess  # gallop down
+  while fits(max(bad - step, lo)) is False:
+    bad, step = max(bad - step, lo), step * 2
+  return _last_fit(fits, max(bad - step, lo), bad), seen
+
+
+def _last_fit(fits, good: int, bad: int) -> int:
+  """Bisection between a depth that fits and a larger one that does not."""
+  while bad - good > 1:
+    mid = (good + bad) // 2
+    good, bad = (mid, bad) if fits(mid) else (good, mid)
+  return good
