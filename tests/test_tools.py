@@ -129,8 +129,9 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
     summary = json.loads((tmp_path / 'cmp' / name / 'seed0' / 'summary.json').read_text())
     assert summary['finished'] and summary['variant'] == name
   capsys.readouterr()
-  compare.main(args)  # everything finished: nothing is trained again
+  compare.main(args + ['--target-acc', '1'])  # everything finished: nothing is trained again
   assert capsys.readouterr().out.count('finished, skipped') == 2
+  assert 'Target: 1 % (folder:' in (tmp_path / 'cmp' / 'report' / 'results.md').read_text()
 
 
 def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):

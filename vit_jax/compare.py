@@ -39,6 +39,8 @@ def main(argv=None):
   p.add_argument('--variants', default='vit,revvit,bdia,momentum')
   p.add_argument('--seeds', type=int, default=1)
   p.add_argument('--workdir', required=True)
+  p.add_argument('--target-acc', type=float, metavar='PCT',
+                 help="the report's time-to-accuracy target (see python -m vit_jax.report)")
   args = p.parse_args([a for a in argv if not a.startswith('--config.')])
   cli.setup_logging()
   names = args.variants.split(',')
@@ -47,6 +49,8 @@ def main(argv=None):
     p.error(f"--variants: {', '.join(bad)} unknown; choose from {', '.join(variants.VARIANTS)}")
   if args.seeds < 1:
     p.error('--seeds must be >= 1')
+  if args.target_acc is not None and not 0 < args.target_acc <= 100:
+    p.error('--target-acc must be a percentage in (0, 100]')
   from vit_jax import checkpoints, data, train_lib, validate
   try:
     run_config(names[0], args.dataset, 0, overrides)
@@ -67,7 +71,8 @@ def main(argv=None):
     p.exit(2, f'compare: error: {e}\n')
   except train_lib.Preempted as e:
     p.exit(75, f'compare: {e}\n')
-  report.build_report([args.workdir], os.path.join(args.workdir, 'report'))
+  report.build_report([args.workdir], os.path.join(args.workdir, 'report'),
+                      target_acc=args.target_acc)
   print(f"report: {os.path.join(args.workdir, 'report', 'results.md')}")
 
 
