@@ -76,15 +76,19 @@ def max_depth(memory_at, limit_mib: float, probe=(2, 4)) -> tuple[int, dict[int,
     raise ValueError(f'memory does not grow from depth {lo} ({seen[lo]:.1f} MiB) to {hi} '
                      f'({seen[hi]:.1f} MiB); cannot extrapolate')
   guess = min(MAX_DEPTH, max(lo, lo + int((limit_mib - seen[lo]) // slope)))
-  if fits(guess):  # gallop up from the guess, then bisect
-    step, good = 1, guess
+  if fits(guess):  # gallop up from the guess (+1, +2, +4, ...) until a depth does not fit
+    good, step = guess, 1
     while good < MAX_DEPTH and fits(min(good + step, MAX_DEPTH)):
-      good, step = min(good + step, MAX_DEPTH), step * 2
-    return (good if good == MAX_DEPTH else _last_fit(fits, good, min(good + step, MAX_DEPTH))), seen
-  step, bad = 1, guess  # gallop down
-  while fits(max(bad - step, lo)) is False:
-    bad, step = max(bad - step, lo), step * 2
-  return _last_fit(fits, max(bad - step, lo), bad), seen
+      good, step = min(good + step, MAX_DEPTH), 2 * step
+    if good == MAX_DEPTH:
+      return good, seen
+    bad = min(good + step, MAX_DEPTH)
+  else:  # gallop down until a depth fits (lo does)
+    bad, step = guess, 1
+    while not fits(max(bad - step, lo)):
+      bad, step = max(bad - step, lo), 2 * step
+    good = max(bad - step, lo)
+  return _last_fit(fits, good, bad), seen
 
 
 def _last_fit(fits, good: int, bad: int) -> int:
