@@ -86,6 +86,28 @@ def test_setadam_matches_numpy(lr):
   assert float(got['w'][0, 0]) == 0.0  # zero gradient entry stays put
 
 
+def test_setadam_takes_each_stacked_block_as_its_own_tensor():
+  """params['blocks'] leaves stack one tensor per block; SET-Adam's statistics are per block."""
+  rng = np.random.default_rng(1)
+  grads_seq = [{'blocks': {'k': rng.normal(size=(3, 4, 2)).astype(np.float32)},
+                'w': rng.normal(size=(4, 3)).astype(np.float32)} for _ in range(3)]
+  grads_seq[0]['blocks']['k'][2] *= 100.0  # one block's gradients much larger than the others'
+  params = {'blocks': {'k': jnp.ones((3, 4, 2))}, 'w': jnp.ones((4, 3))}
+  unstacked = lambda t: {'k0': t['blocks']['k'][0], 'k1': t['blocks']['k'][1],
+                         'k2': t['blocks']['k'][2], 'w': t['w']}
+  expected = _numpy_setadam(unstacked(params), [unstacked(g) for g in grads_seq], lambda c: 1e-3)
+  tx = optim.make_optimizer(_config(schedule='constant'), 5)
+  whole = optim.setadam(1e-3)  # statistics over the whole stack: not the original
+  state, state_whole = tx.init(params), whole.init(params)
+  for grads, want in zip(grads_seq, expected):
+    grads = jax.tree.map(jnp.asarray, grads)
+    got, state = tx.update(grads, state, params)
+    got_whole, state_whole = whole.update(grads, state_whole, params)
+    for k, w in unstacked(jax.tree.map(np.asarray, got)).items():
+      np.testing.assert_allclose(w, want[k], rtol=1e-5, atol=1e-9)
+  assert not np.allclose(got_whole['blocks']['k'], got['blocks']['k'], rtol=1e-2)
+
+
 def test_numpy_reference_is_sensitive():
   """The reference differs clearly from variants missing bias correction / min-shift."""
   params, grads_seq = _params(), _random_grads(3)

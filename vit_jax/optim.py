@@ -12,6 +12,10 @@ elements (no weight decay of its own):
 The running ``v`` is never modified by ``s``; ``t`` counts from 1. Since ``d >= min(d)
 >= sqrt(eps) > 0``, ``den >= d / 2 > 0`` and the update is always finite.
 
+"Per tensor" means per tensor of the original model. Our blocks' parameters are stacked
+on a leading depth axis (``params['blocks']``, see model.py), so there each block's
+slice is its own tensor: the sums and the min run over the slice, not over the stack.
+
 ``make_optimizer(config, steps_per_epoch)`` builds the full chain from the config
 fields ``optimizer``, ``learning_rate``, ``weight_decay``, ``sgd_momentum``,
 ``schedule``, ``warmup_epochs``, ``grad_clip_norm`` and ``num_epochs``.
@@ -47,23 +51,30 @@ def _bias_correction(decay: float, t: jax.Array) -> jax.Array:
   return -jnp.expm1(t * jnp.float32(math.log(decay)))
 
 
+def stacked_block_axes(path) -> int:
+  """1 for a leaf under ``params['blocks']`` (one tensor per block on axis 0), else 0."""
+  return int(any(getattr(k, 'key', None) == 'blocks' for k in path))
+
+
 def _setadam_direction(m: jax.Array, v: jax.Array, c1: jax.Array, c2: jax.Array,
-                       eps: float) -> jax.Array:
+                       eps: float, stacked: int = 0) -> jax.Array:
   """``m / (1 - b1^t) / den`` for one tensor, given the updated float32 moments.
 
-  ``c1 = 1 - b1^t`` and ``c2 = 1 - b2^t`` are the bias corrections.
+  ``c1 = 1 - b1^t`` and ``c2 = 1 - b2^t`` are the bias corrections. The first
+  ``stacked`` axes index separate tensors: the statistics are taken over the others.
   """
   if m.size == 0:
     return m
-  n = v.size
-  s = jnp.sum(v) ** 2 / (n * (jnp.sum(v * v) + _S_EPS))
+  axes = tuple(range(stacked, v.ndim))
+  n = math.prod(v.shape[stacked:])
+  s = jnp.sum(v, axes, keepdims=True) ** 2 / (n * (jnp.sum(v * v, axes, keepdims=True) + _S_EPS))
   d = jnp.sqrt(s * v / c2 + eps)
-  den = d - 0.5 * jnp.min(d)
+  den = d - 0.5 * jnp.min(d, axes, keepdims=True)
   return m / c1 / den
 
 
-def scale_by_setadam(b1: float = 0.9, b2: float = 0.999,
-                     eps: float = 1e-8) -> optax.GradientTransformation:
+def scale_by_setadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                     stacked_axes=None) -> optax.GradientTransformation:
   """Rescales gradients by SET-Adam's per-tensor rule (without the learning rate).
 
   Produces ``m / (1 - b1^t) / den`` (see the module docstring); chain it with
@@ -75,6 +86,9 @@ def scale_by_setadam(b1: float = 0.9, b2: float = 0.999,
     b1: decay rate of the first moment.
     b2: decay rate of the second moment.
     eps: added under the square root of the denominator.
+    stacked_axes: ``key path -> int``, the number of leading axes of that leaf that
+      index separate tensors (``stacked_block_axes`` for this project's models); None:
+      every leaf is one tensor.
 
   Returns:
     An ``optax.GradientTransformation`` with state ``ScaleBySetAdamState``.
@@ -94,28 +108,29 @@ def scale_by_setadam(b1: float = 0.9, b2: float = 0.999,
     count = optax.safe_int32_increment(state.count)
     t = count.astype(jnp.float32)
     c1, c2 = _bias_correction(b1, t), _bias_correction(b2, t)
-    new_updates = jax.tree.map(
-        lambda g, m, v: _setadam_direction(m, v, c1, c2, eps).astype(jnp.asarray(g).dtype),
-        updates, mu, nu)
+    stacked = stacked_axes or (lambda path: 0)
+    new_updates = jax.tree_util.tree_map_with_path(
+        lambda path, g, m, v: _setadam_direction(m, v, c1, c2, eps, stacked(path)).astype(
+            jnp.asarray(g).dtype), updates, mu, nu)
     return new_updates, ScaleBySetAdamState(count=count, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def setadam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-            eps: float = 1e-8) -> optax.GradientTransformation:
+            eps: float = 1e-8, stacked_axes=None) -> optax.GradientTransformation:
   """SET-Adam: ``scale_by_setadam`` followed by ``-learning_rate``.
 
   Args:
     learning_rate: a float, or an optax schedule evaluated (as optax does) at the
       number of updates done *before* the current one (0 for the first update).
-    b1, b2, eps: see ``scale_by_setadam``.
+    b1, b2, eps, stacked_axes: see ``scale_by_setadam``.
 
   Returns:
     An ``optax.GradientTransformation`` whose updates are
     ``-lr_t / (1 - b1^t) * m / den``; add them to the parameters.
   """
-  return optax.chain(scale_by_setadam(b1=b1, b2=b2, eps=eps),
+  return optax.chain(scale_by_setadam(b1=b1, b2=b2, eps=eps, stacked_axes=stacked_axes),
                      optax.scale_by_learning_rate(learning_rate))
 
 
@@ -174,7 +189,8 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
   1. ``optax.clip_by_global_norm(grad_clip_norm)`` if ``grad_clip_norm > 0``;
   2. one of
-     * ``'setadam'``: ``scale_by_setadam``, then (if ``weight_decay > 0``) decoupled
+     * ``'setadam'``: ``scale_by_setadam`` (each block's slice of ``params['blocks']``
+       a tensor of its own, as in the original's per-block modules), then (if ``weight_decay > 0``) decoupled
        weight decay ``optax.add_decayed_weights(weight_decay)`` added *after* the
        SET-Adam rescaling and *before* the learning-rate scaling, i.e. AdamW-style
        ``theta -= lr_t * (setadam_step + wd * theta)``. The original SET-Adam has no
@@ -197,7 +213,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
   if config.optimizer == 'setadam':
-    parts.append(scale_by_setadam())
+    parts.append(scale_by_setadam(stacked_axes=stacked_block_axes))
     if wd > 0:
       parts.append(optax.add_decayed_weights(wd))
     parts.append(optax.scale_by_learning_rate(schedule))
