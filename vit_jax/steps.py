@@ -93,8 +93,11 @@ def make_train_step(model, ds_info: dict, config, mesh):
         state.params, x, y, model_key)
     finite = jnp.isfinite(loss) & jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    new_state = state.apply_gradients(grads=grads)
-    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_state, state)
+    # A cond, not a select between new and old state: the update then runs in place in
+    # the donated buffers instead of keeping a second copy of parameters and moments
+    # (measured: bdia at depth 24, batch 128, 1,263 -> 1,194 MiB compiled on the CPU).
+    new_state = jax.lax.cond(finite, lambda s, g: s.apply_gradients(grads=g),
+                             lambda s, g: s, state, grads)
     new_state = new_state.replace(step=step + 1)
     sums = dict(loss=sums['loss'] + jnp.where(finite, loss, 0.0) * batch,
                 correct=sums['correct'] + jnp.where(finite, correct, 0),
