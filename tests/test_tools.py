@@ -76,6 +76,8 @@ def test_model_flops_match_xla_cost_of_the_forward_pass():
     (lambda d: 100 + 7 * d, 500, 57),            # affine: the guess is the answer
     (lambda d: 100 + 7 * d + 0.02 * d * d, 500, 50),  # convex: the guess is too deep
     (lambda d: 100 + 30 * d ** 0.5, 500, 177),   # concave: the guess is too shallow
+    # small depths grow by activations (30 MiB a block), deep ones by parameters (100)
+    (lambda d: max(1500 + 30 * d, 700 + 100 * d), 24105, 234),
     (lambda d: 100 + 7 * d, 110, 1),             # below the probes
     (lambda d: 100 + 7 * d, 100, 0),             # not even one block fits
 ])
@@ -85,9 +87,10 @@ def test_max_depth_finds_the_deepest_fit(memory, limit, expected):
   assert depth == expected
   assert all((m <= limit) == (d <= expected) for d, m in seen.items())
   assert expected + 1 in seen or expected == max_depth.MAX_DEPTH  # D + 1 was tried, and failed
-  # Compiles: 2 probes + guess + D + 1 when memory is affine in depth (as it nearly is);
-  # otherwise a gallop and a bisection, logarithmic in the depth.
-  assert len(seen) <= (4 if expected == 57 else 2 * math.log2(expected + 2) + 4)
+  # Compiles: 2 probes + guess + D + 1 when memory is affine in depth, 6 when it bends
+  # once (as the models' memory does); otherwise logarithmic in the depth.
+  budget = {57: 4, 234: 6}.get(expected, 2 * math.log2(expected + 2) + 4)
+  assert len(seen) <= budget
 
 
 def test_bench_max_depth_table(tmp_path, monkeypatch):

@@ -7,9 +7,9 @@ activations. How deep each can go on one device is the practical summary of both
 Nothing is allocated or run: each depth's training step is lowered from abstract shapes
 (``jax.eval_shape``) and compiled, and XLA's buffer assignment gives the memory it needs
 (temp + arguments + outputs - aliased, as ``bench``'s ``compiled_analysis``). The search
-compiles two small depths, extrapolates the (nearly affine) growth to the limit, and
-then steps up or down from that guess until depth D fits and D + 1 does not, so a
-variant costs a handful of compiles whatever its answer.
+compiles two small depths, extrapolates the growth to the limit (twice more from the
+new points: memory is nearly affine in depth), and then steps up or down from that
+guess until depth D fits and D + 1 does not: a handful of compiles whatever the answer.
 """
 import os
 
@@ -67,15 +67,26 @@ def max_depth(memory_at, limit_mib: float, probe=(2, 4)) -> tuple[int, dict[int,
       seen[d] = memory_at(d)
     return seen[d] <= limit_mib
 
+  def secant(a: int, b: int) -> int:
+    """Where the line through depths a and b reaches the limit."""
+    slope = (seen[b] - seen[a]) / (b - a)
+    if slope <= 0:
+      raise ValueError(f'memory does not grow from depth {a} ({seen[a]:.1f} MiB) to {b} '
+                       f'({seen[b]:.1f} MiB); cannot extrapolate')
+    return min(MAX_DEPTH, max(1, b + int((limit_mib - seen[b]) // slope)))
+
   lo, hi = probe
   if not fits(lo):
     return (0 if not fits(1) else _last_fit(fits, 1, lo)), seen
   fits(hi)
-  slope = (seen[hi] - seen[lo]) / (hi - lo)
-  if slope <= 0:
-    raise ValueError(f'memory does not grow from depth {lo} ({seen[lo]:.1f} MiB) to {hi} '
-                     f'({seen[hi]:.1f} MiB); cannot extrapolate')
-  guess = min(MAX_DEPTH, max(lo, lo + int((limit_mib - seen[lo]) // slope)))
+  # Two secant steps: deep models' memory is affine in depth (parameters and optimizer
+  # state dominate), but the small probes' slope may be the activations' instead.
+  prev, guess = hi, secant(lo, hi)
+  for _ in range(2):
+    if guess == prev:
+      break
+    fits(guess)
+    prev, guess = guess, secant(prev, guess)
   if fits(guess):  # gallop up from the guess (+1, +2, +4, ...) until a depth does not fit
     good, step = guess, 1
     while good < MAX_DEPTH and fits(min(good + step, MAX_DEPTH)):
