@@ -161,12 +161,12 @@ def find_max_depths(names, batches, overrides, limit_mib=None) -> list[dict]:
   for batch in batches:
     for name in names:
       t0 = time.perf_counter()
-      depth, seen = max_depth.max_depth(
-          lambda d, name=name, batch=batch: max_depth.compiled_memory_mib(name, d, batch, overrides),
-          limit)
+      memory_at = lambda d, name=name, batch=batch: max_depth.compiled_memory_mib(
+          name, d, batch, overrides)
+      depth, seen = max_depth.max_depth(memory_at, limit)
+      at = lambda d: round(seen[d], 2) if d in seen else ''
       rows.append(dict(variant=name, batch_size=batch, max_depth=depth,
-                       memory_mib_at_max=round(seen[depth], 2) if depth in seen else '',
-                       memory_mib_at_max_plus_1=round(seen[depth + 1], 2) if depth + 1 in seen else '',
+                       memory_mib_at_max=at(depth), memory_mib_at_max_plus_1=at(depth + 1),
                        limit_mib=round(limit, 1), limit_source=source, compiles=len(seen),
                        search_s=round(time.perf_counter() - t0, 1),
                        device=jax.devices()[0].device_kind))

@@ -29,9 +29,10 @@ def memory_limit_mib(override_mib: float | None = None) -> tuple[float, str]:
 
 def compiled_memory_mib(variant: str, depth: int, batch: int, overrides: list[str]) -> float:
   """XLA's memory for one training step at this depth, from abstract shapes (no allocation)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from vit_jax import bench, model as model_lib, optim, steps  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  from vit_jax import bench, model as model_lib, optim, steps
   c = bench.make_config(variant, depth, batch, overrides)
   m = c.model
   mesh = steps.make_mesh()

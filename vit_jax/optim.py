@@ -190,8 +190,9 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   1. ``optax.clip_by_global_norm(grad_clip_norm)`` if ``grad_clip_norm > 0``;
   2. one of
      * ``'setadam'``: ``scale_by_setadam`` (each block's slice of ``params['blocks']``
-       a tensor of its own, as in the original's per-block modules), then (if ``weight_decay > 0``) decoupled
-       weight decay ``optax.add_decayed_weights(weight_decay)`` added *after* the
+       a tensor of its own, as in the original's per-block modules), then (if
+       ``weight_decay > 0``) decoupled weight decay
+       ``optax.add_decayed_weights(weight_decay)`` added *after* the
        SET-Adam rescaling and *before* the learning-rate scaling, i.e. AdamW-style
        ``theta -= lr_t * (setadam_step + wd * theta)``. The original SET-Adam has no
        weight decay; with the default ``weight_decay=0`` this is exactly it.
