@@ -62,6 +62,51 @@ def train_flops_per_image(c) -> float:
   return 3.0 * (m.depth * tokens * block + embed + 2 * m.dim * m.num_classes)
 
 
+def compile_train_step(c):
+  """The training step for config ``c``, lowered from abstract shapes and compiled.
+
+  Nothing is allocated. Returns ``(compiled, abstract_state, make_inputs)``;
+  ``make_inputs()`` puts the real inputs on the device: the initial state and a synthetic
+  data set of four uint8 batches (with its permutation and zeroed running sums).
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from vit_jax import model as model_lib, optim, steps
+  m = c.model
+  mesh = steps.make_mesh()
+  rep = steps.replicated(mesh)
+  n, image_shape = 4 * c.batch_size, (m.image_size, m.image_size, m.channels)
+  info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
+  model = model_lib.build(c)
+  tx = optim.make_optimizer(c, info['steps_per_epoch'])
+  init = lambda: steps.create_state(model, tx, image_shape, 0)
+  abstract = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+  state = abstract(jax.eval_shape(init))
+  data = (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8, sharding=rep),
+          jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep),
+          jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep))
+  compiled = steps.make_train_step(model, info, c, mesh).lower(
+      state, *data, abstract(jax.eval_shape(steps.zero_sums))).compile()
+
+  def make_inputs():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, *image_shape), np.uint8)
+    labels = rng.integers(0, m.num_classes, (n,), np.int32)
+    return (jax.jit(init, out_shardings=rep)(), *jax.device_put(
+        (images, labels, steps.epoch_permutation(0, 0, n), steps.zero_sums()), rep))
+
+  return compiled, state, make_inputs
+
+
+def compiled_memory_mib(compiled) -> float:
+  """XLA's memory for a compiled program: temp + arguments + outputs - aliased, in MiB."""
+  mem = compiled.memory_analysis()
+  return (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+          - mem.alias_size_in_bytes) / 2**20
+
+
 def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str],
             warmup: int = 2, device_peak: bool = False) -> dict:
   """Compiles and times one configuration in this process (``warmup`` untimed steps first).
@@ -72,36 +117,22 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
   """
   import jax
   import numpy as np
-  from vit_jax import model as model_lib, optim, steps
   c = make_config(variant, depth, batch, overrides)
-  m = c.model
   row = dict(variant=variant, depth=depth, batch_size=batch, device=jax.devices()[0].device_kind,
              dtype='bfloat16' if c.bf16 else 'float32', status='ok')
   try:
-    mesh = steps.make_mesh()
-    n = 4 * batch
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, m.image_size, m.image_size, m.channels), np.uint8)
-    labels = rng.integers(0, m.num_classes, (n,), np.int32)
-    info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
-    model = model_lib.build(c)
-    tx = optim.make_optimizer(c, info['steps_per_epoch'])
-    rep = steps.replicated(mesh)
-    state = jax.jit(lambda: steps.create_state(model, tx, images.shape[1:], 0), out_shardings=rep)()
-    images, labels = jax.device_put((images, labels), rep)
-    perm, sums = jax.device_put((steps.epoch_permutation(0, 0, n), steps.zero_sums()), rep)
     t0 = time.perf_counter()
-    compiled = steps.make_train_step(model, info, c, mesh).lower(
-        state, images, labels, perm, sums).compile()
+    compiled, abstract_state, make_inputs = compile_train_step(c)
     row['compile_s'] = round(time.perf_counter() - t0, 2)
-    row['state_mib'] = round(sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20, 1)
-    mem = compiled.memory_analysis()
-    row['compiled_memory_mib'] = round((mem.temp_size_in_bytes + mem.argument_size_in_bytes
-                                        + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20, 1)
-    row['temp_mib'] = round(mem.temp_size_in_bytes / 2**20, 1)  # activations, gradients, workspace
+    row['state_mib'] = round(sum(np.prod(x.shape) * x.dtype.itemsize
+                                 for x in jax.tree.leaves(abstract_state)) / 2**20, 1)
+    row['compiled_memory_mib'] = round(compiled_memory_mib(compiled), 1)
+    # temp: activations kept for the backward pass, gradients, workspace
+    row['temp_mib'] = round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)
     row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'
     if n_steps == 0:  # --steps 0: compile only (memory and compile time)
       return row
+    state, images, labels, perm, sums = make_inputs()
     times = []
     for i in range(warmup + n_steps):
       t0 = time.perf_counter()

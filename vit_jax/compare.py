@@ -49,8 +49,8 @@ def main(argv=None):
     p.error(f"--variants: {', '.join(bad)} unknown; choose from {', '.join(variants.VARIANTS)}")
   if args.seeds < 1:
     p.error('--seeds must be >= 1')
-  if args.target_acc is not None and not 0 < args.target_acc <= 100:
-    p.error('--target-acc must be a percentage in (0, 100]')
+  if report.target_acc_error(args.target_acc):
+    p.error(report.target_acc_error(args.target_acc))
   from vit_jax import checkpoints, data, train_lib, validate
   try:
     run_config(names[0], args.dataset, 0, overrides)

@@ -29,30 +29,9 @@ def memory_limit_mib(override_mib: float | None = None) -> tuple[float, str]:
 
 def compiled_memory_mib(variant: str, depth: int, batch: int, overrides: list[str]) -> float:
   """XLA's memory for one training step at this depth, from abstract shapes (no allocation)."""
-  # pylint: disable=import-outside-toplevel
-  import jax
-  import jax.numpy as jnp
-  from vit_jax import bench, model as model_lib, optim, steps
-  c = bench.make_config(variant, depth, batch, overrides)
-  m = c.model
-  mesh = steps.make_mesh()
-  rep = steps.replicated(mesh)
-  n = 4 * batch  # the data set bench uses: four batches kept on the device
-  info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
-  model = model_lib.build(c)
-  tx = optim.make_optimizer(c, info['steps_per_epoch'])
-  image_shape = (m.image_size, m.image_size, m.channels)
-  abstract = lambda tree: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
-  state = abstract(jax.eval_shape(lambda: steps.create_state(model, tx, image_shape, 0)))
-  images = jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8, sharding=rep)
-  labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep)
-  perm = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep)
-  sums = abstract(jax.eval_shape(steps.zero_sums))
-  mem = steps.make_train_step(model, info, c, mesh).lower(
-      state, images, labels, perm, sums).compile().memory_analysis()
-  return (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-          - mem.alias_size_in_bytes) / 2**20
+  from vit_jax import bench  # pylint: disable=import-outside-toplevel
+  compiled, _, _ = bench.compile_train_step(bench.make_config(variant, depth, batch, overrides))
+  return bench.compiled_memory_mib(compiled)
 
 
 def max_depth(memory_at, limit_mib: float, probe=(2, 4)) -> tuple[int, dict[int, float]]:

@@ -77,7 +77,7 @@ def plot_curves(rows, curves, metric: str, path: str, title: str, ylabel: str,
   target is drawn as a dotted line.
   """
   styles, drawn = _styles(rows), 0
-  unit, per_unit = _time_unit(curves)
+  unit, per_unit = _time_unit(curves) if against_time else ('', 1.0)
   fig, ax = _figure()
   for row in rows:
     runs = [m for m in curves.get(row['label'], [])

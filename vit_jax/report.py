@@ -31,8 +31,8 @@ CSV_FIELDS = ('label', 'variant', 'dataset', 'n_seeds', 'seeds', 'n_finished', '
               'epochs_max', 'planned_epochs', 'best_val_acc_pct_mean', 'best_val_acc_pct_std',
               'best_epoch_mean', 'final_val_acc_pct_mean', 'final_val_acc_pct_std',
               'target_acc_pct', 'time_to_target_s_mean', 'time_to_target_s_std',
-              'n_reached_target', 'epoch_time_s', 'images_per_s', 'peak_memory_mib', 'memory_source', 'params',
-              'compile_time_s', 'run_dirs')
+              'n_reached_target', 'epoch_time_s', 'images_per_s', 'peak_memory_mib',
+              'memory_source', 'params', 'compile_time_s', 'run_dirs')
 
 
 _NOTE_ACC = (
@@ -113,7 +113,7 @@ def summarize_group(group: dict, target: float | None = None) -> dict:
   """
   runs = group['runs']
   col = lambda k: [r[k] for r in runs]
-  times = [] if target is None else [time_to_accuracy(r['metrics'], target) for r in runs]
+  times = [None if target is None else time_to_accuracy(r['metrics'], target) for r in runs]
   time_m, time_s = _mean_std(times)
   best_m, best_s = _mean_std(col('best_val_acc'), 100.0)
   final_m, final_s = _mean_std(col('final_val_acc'), 100.0)
@@ -141,7 +141,7 @@ def summarize_group(group: dict, target: float | None = None) -> dict:
       runs=[dict({k: r[k] for k in ('dir', 'seed', 'epochs', 'planned_epochs', 'finished')},
                  best_val_acc_pct=pct(r['best_val_acc']), final_val_acc_pct=pct(r['final_val_acc']),
                  time_to_target_s=t)
-            for r, t in zip(runs, times or [None] * len(runs))])
+            for r, t in zip(runs, times)])
 
 
 def _fmt(v, spec: str) -> str:
@@ -214,6 +214,13 @@ def write_csv(rows: Sequence[dict], path: str):
       w.writerow([cell(r[k]) for k in CSV_FIELDS])
 
 
+def target_acc_error(target_acc: float | None) -> str | None:
+  """What is wrong with a --target-acc value (percent), or None when it is usable."""
+  if target_acc is not None and not 0.0 < target_acc <= 100.0:
+    return f'--target-acc must be a percentage in (0, 100], got {target_acc:g}'
+  return None
+
+
 def build_report(run_dirs: Sequence[str], out_dir: str, ignore: Sequence[str] = (),
                  plots: bool = True, target_acc: float | None = None) -> list[dict]:
   """Finds runs under ``run_dirs``, writes results.md/.csv (and PNG plots) to ``out_dir``.
@@ -225,8 +232,8 @@ def build_report(run_dirs: Sequence[str], out_dir: str, ignore: Sequence[str] = 
   None: per data set, the highest whole percent that every run reaches.
   Raises SystemExit with a one-line message on bad input.
   """
-  if target_acc is not None and not 0.0 < target_acc <= 100.0:
-    _fail(f'--target-acc must be a percentage in (0, 100], got {target_acc:g}')
+  if target_acc_error(target_acc):
+    _fail(target_acc_error(target_acc))
   runs = [r for r in map(load_run, find_run_dirs(run_dirs)) if r is not None]
   if not runs:
     _fail('no run with at least one recorded epoch found under: ' + ', '.join(run_dirs))
