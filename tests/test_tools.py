@@ -146,14 +146,14 @@ def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):
   c.batch_size, c.exactness_check_action = 4, 'stop'
   info = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), np.uint8))
-  labels, perm = jnp.arange(8) % 3, jnp.arange(8)
+  labels, perm, seed = jnp.arange(8) % 3, jnp.arange(8), np.int32(0)
   m = model_lib.build(c)
   params = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  assert verify.ExactnessGuard(m, info, c, None).check(params, images, labels, perm, 1) == 0
+  assert verify.ExactnessGuard(m, info, c, seed).check(params, seed, images, labels, perm, 1) == 0
   good = variants.make_variant('bdia')
   cp = good.couplings[0]
   broken = good._replace(couplings=(cp._replace(inverse=lambda *a: cp.inverse(*a) + 2.0 ** -9),))
   monkeypatch.setattr(variants, 'make_variant', lambda *a, **k: broken)
   c.batch_size = 3  # another shape, so that jit traces the broken stack instead of reusing
   with pytest.raises(train_lib.TrainingError, match='rebuilt differently'):
-    verify.ExactnessGuard(m, info, c, None).check(params, images, labels, perm, 2)
+    verify.ExactnessGuard(m, info, c, seed).check(params, seed, images, labels, perm, 2)

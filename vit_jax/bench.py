@@ -23,13 +23,12 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-COLUMNS = ('variant', 'depth', 'batch_size', 'compile_s', 'step_time_ms', 'images_per_s',
-           'mfu', 'memory_mib', 'memory_ratio_vs_vit', 'memory_source', 'compiled_memory_mib',
+COLUMNS = ('variant', 'depth', 'batch_size', 'parallel_seeds', 'compile_s', 'step_time_ms',
+           'step_time_per_model_ms', 'images_per_s', 'mfu', 'memory_mib', 'memory_ratio_vs_vit', 'memory_source', 'compiled_memory_mib',
            'temp_mib', 'state_mib',
            'device', 'dtype', 'status')
 # Dense peak FLOP/s per device kind and compute dtype (float32 matmuls run as TF32 by default).
@@ -38,12 +37,13 @@ PEAK_FLOPS = {'H100': {'bfloat16': 989e12, 'float32': 494e12},
               'A100': {'bfloat16': 312e12, 'float32': 156e12}}
 
 
-def make_config(variant: str, depth: int, batch: int, overrides: list[str]):
-  """The CIFAR-10 preset with ``variant``, ``depth``, ``batch`` and --config.* overrides."""
+def make_config(variant: str, depth: int, batch: int, overrides: list[str], models: int = 1):
+  """The CIFAR-10 preset with ``variant``, ``depth``, ``batch`` (per model), ``models``
+  seed-parallel models and --config.* overrides."""
   from vit_jax import presets
   c = presets.preset(variant, 'cifar10')
   presets.apply_overrides(c, overrides)
-  c.model.depth, c.batch_size = depth, batch
+  c.model.depth, c.batch_size, c.parallel_seeds = depth, batch, models
   return c
 
 
@@ -63,11 +63,13 @@ def train_flops_per_image(c) -> float:
 
 
 def compile_train_step(c):
-  """The training step for config ``c``, lowered from abstract shapes and compiled.
+  """The training program for config ``c``, lowered from abstract shapes and compiled.
 
-  Nothing is allocated. Returns ``(compiled, abstract_state, make_inputs)``;
-  ``make_inputs()`` puts the real inputs on the device: the initial state and a synthetic
-  data set of four uint8 batches (with its permutation and zeroed running sums).
+  The program is the one training runs: a chunk of steps (their number an argument) of
+  ``c.parallel_seeds`` models. Nothing is allocated. Returns ``(compiled, abstract_state,
+  make_inputs)``; ``make_inputs()`` puts the real inputs on the device: the initial
+  state, zeroed running sums, the seeds, the live mask and a synthetic data set of four
+  uint8 batches with its permutation (the step count is the caller's).
   """
   import jax
   import jax.numpy as jnp
@@ -80,22 +82,27 @@ def compile_train_step(c):
   info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
   model = model_lib.build(c)
   tx = optim.make_optimizer(c, info['steps_per_epoch'])
-  init = lambda: steps.create_state(model, tx, image_shape, 0)
+  seeds = steps.model_seeds(c)
+  init = lambda: steps.create_states(model, tx, image_shape, seeds)
   abstract = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
   state = abstract(jax.eval_shape(init))
-  data = (jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8, sharding=rep),
-          jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep),
-          jax.ShapeDtypeStruct((n,), jnp.int32, sharding=rep))
-  compiled = steps.make_train_step(model, info, c, mesh).lower(
-      state, *data, abstract(jax.eval_shape(steps.zero_sums))).compile()
+  models = np.shape(seeds)
+  inputs = abstract((jax.eval_shape(steps.zero_sums, seeds),
+                     jax.ShapeDtypeStruct(models, jnp.int32), jax.ShapeDtypeStruct(models, bool),
+                     jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8),
+                     jax.ShapeDtypeStruct((n,), jnp.int32),
+                     jax.ShapeDtypeStruct((*models, n), jnp.int32)))
+  compiled = steps.make_train_chunk(model, info, c, mesh, seeds).lower(
+      state, *inputs, jax.ShapeDtypeStruct((), jnp.int32)).compile()
 
   def make_inputs():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, *image_shape), np.uint8)
     labels = rng.integers(0, m.num_classes, (n,), np.int32)
     return (jax.jit(init, out_shardings=rep)(), *jax.device_put(
-        (images, labels, steps.epoch_permutation(0, 0, n), steps.zero_sums()), rep))
+        (steps.zero_sums(seeds), seeds, np.ones(models, bool), images, labels,
+         steps.epoch_permutation(seeds, 0, n)), rep))
 
   return compiled, state, make_inputs
 
@@ -108,18 +115,22 @@ def compiled_memory_mib(compiled) -> float:
 
 
 def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str],
-            warmup: int = 2, device_peak: bool = False) -> dict:
-  """Compiles and times one configuration in this process (``warmup`` untimed steps first).
+            warmup: int = 2, device_peak: bool = False, models: int = 1) -> dict:
+  """Compiles and times one configuration in this process.
 
+  ``models`` seed-parallel models train in one program. ``warmup`` untimed steps run as
+  one chunk, then ``n_steps`` timed steps as another, as training dispatches them: the
+  step time is that chunk's time over ``n_steps``; images/s and MFU count every model.
   ``device_peak``: report the device's peak bytes in use (a fresh process per
   configuration only: the peak cannot be reset, so a second configuration would inherit
   the first one's).
   """
   import jax
   import numpy as np
-  c = make_config(variant, depth, batch, overrides)
-  row = dict(variant=variant, depth=depth, batch_size=batch, device=jax.devices()[0].device_kind,
-             dtype='bfloat16' if c.bf16 else 'float32', status='ok')
+  c = make_config(variant, depth, batch, overrides, models)
+  row = dict(variant=variant, depth=depth, batch_size=batch, parallel_seeds=models,
+             device=jax.devices()[0].device_kind, dtype='bfloat16' if c.bf16 else 'float32',
+             status='ok')
   try:
     t0 = time.perf_counter()
     compiled, abstract_state, make_inputs = compile_train_step(c)
@@ -132,19 +143,18 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'
     if n_steps == 0:  # --steps 0: compile only (memory and compile time)
       return row
-    state, images, labels, perm, sums = make_inputs()
-    times = []
-    for i in range(warmup + n_steps):
-      t0 = time.perf_counter()
-      state, sums = compiled(state, images, labels, perm, sums)
-      jax.block_until_ready(sums)
-      if i >= warmup:
-        times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+    state, sums, *inputs = make_inputs()
+    for n, timed in ((warmup, False), (n_steps, True)):
+      if n:
+        t0 = time.perf_counter()
+        state, sums = compiled(state, sums, *inputs, np.int32(n))
+        jax.block_until_ready(sums)
+        step_s = (time.perf_counter() - t0) / n
     row['step_time_ms'] = round(step_s * 1e3, 2)
-    row['images_per_s'] = round(batch / step_s, 1)
+    row['step_time_per_model_ms'] = round(step_s * 1e3 / models, 2)
+    row['images_per_s'] = round(models * batch / step_s, 1)
     peak = next((v for k, v in PEAK_FLOPS.items() if k in row['device']), {}).get(row['dtype'])
-    row['mfu'] = round(batch * train_flops_per_image(c) / step_s / peak, 4) if peak else ''
+    row['mfu'] = round(models * batch * train_flops_per_image(c) / step_s / peak, 4) if peak else ''
     stats = jax.local_devices()[0].memory_stats() or {}
     if device_peak and 'peak_bytes_in_use' in stats:
       row['memory_mib'], row['memory_source'] = round(stats['peak_bytes_in_use'] / 2**20, 1), 'device_peak'
@@ -156,24 +166,26 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
   return row
 
 
-def _measure_isolated(variant, depth, batch, n_steps, overrides, warmup=2) -> dict:
+def _measure_isolated(variant, depth, batch, n_steps, overrides, warmup=2, models=1) -> dict:
   """``measure`` in a fresh process, so the device peak belongs to this configuration."""
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
   cmd = [sys.executable, '-m', 'vit_jax.bench', '--one', json.dumps(
-      [variant, depth, batch, n_steps, overrides, warmup])]
+      [variant, depth, batch, n_steps, overrides, warmup, False, models])]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True)
   lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
   if out.returncode or not lines:
     status = 'OOM' if 'RESOURCE_EXHAUSTED' in out.stderr else f'error: {out.stderr.strip().splitlines()[-1:]}'
-    return dict(variant=variant, depth=depth, batch_size=batch, status=status)
+    return dict(variant=variant, depth=depth, batch_size=batch, parallel_seeds=models,
+                status=status)
   return json.loads(lines[-1])
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-  """memory_ratio_vs_vit: memory over vit's at the same depth and batch size."""
-  vit = {(r['depth'], r['batch_size']): r.get('memory_mib') for r in rows if r['variant'] == 'vit'}
+  """memory_ratio_vs_vit: memory over vit's at the same depth, batch size and models."""
+  key = lambda r: (r['depth'], r['batch_size'], r.get('parallel_seeds', 1))
+  vit = {key(r): r.get('memory_mib') for r in rows if r['variant'] == 'vit'}
   for r in rows:
-    base = vit.get((r['depth'], r['batch_size']))
+    base = vit.get(key(r))
     r['memory_ratio_vs_vit'] = round(r['memory_mib'] / base, 3) if base and r.get('memory_mib') else ''
   return rows
 
@@ -218,7 +230,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(prog='python -m vit_jax.bench', description=__doc__.split('\n')[0])
   p.add_argument('--variants', default='vit,remat,revvit,bdia,momentum')
   p.add_argument('--depths', default='6,12,24,48')
-  p.add_argument('--batch-sizes', default='128')
+  p.add_argument('--batch-sizes', default='128', help='per model')
+  p.add_argument('--parallel-seeds', default='1',
+                 help='models trained in one program, e.g. 1,3,8 (images/s counts them all)')
   p.add_argument('--steps', type=int, default=10, help='timed steps; 0 = compile only')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps before the timed ones')
   p.add_argument('--csv', default='')
@@ -230,11 +244,14 @@ def main(argv=None):
                  help="with --max-depth: the limit (default: the device's, or the host's RAM)")
   p.add_argument('--one', help=argparse.SUPPRESS)
   args = p.parse_args([a for a in argv if not a.startswith('--config.')])
-  for key, flag in (('model.depth', '--depths'), ('batch_size', '--batch-sizes')):
+  for key, flag in (('model.depth', '--depths'), ('batch_size', '--batch-sizes'),
+                    ('parallel_seeds', '--parallel-seeds')):
     if any(o.split('=')[0] == f'--config.{key}' for o in overrides):
       p.error(f'--config.{key} would contradict {flag}; set it with {flag}')
   if args.one:
-    print(json.dumps(measure(*json.loads(args.one), device_peak=True)), flush=True)
+    spec = json.loads(args.one)
+    spec[6] = True  # device_peak
+    print(json.dumps(measure(*spec)), flush=True)
     return
   from vit_jax import variants
   names = args.variants.split(',')
@@ -244,8 +261,12 @@ def main(argv=None):
   try:
     depths = [int(d) for d in args.depths.split(',')]
     batches = [int(b) for b in args.batch_sizes.split(',')]
+    models = [int(k) for k in args.parallel_seeds.split(',')]
   except ValueError:
-    p.error('--depths and --batch-sizes take comma-separated integers, e.g. 6,24')
+    p.error('--depths, --batch-sizes and --parallel-seeds take comma-separated integers, '
+            'e.g. 6,24')
+  if min(depths + batches + models) < 1:
+    p.error('--depths, --batch-sizes and --parallel-seeds must be >= 1')
   if args.warmup < 0 or args.steps < 0:
     p.error('--steps and --warmup must be >= 0')
   if args.memory_limit_mib is not None and args.memory_limit_mib <= 0:
@@ -258,9 +279,10 @@ def main(argv=None):
     rows, columns = [], COLUMNS
     for batch in batches:
       for depth in depths:
-        for name in names:
-          rows.append(run(name, depth, batch, args.steps, overrides, args.warmup))
-          print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for k in models:
+          for name in names:
+            rows.append(run(name, depth, batch, args.steps, overrides, args.warmup, models=k))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     add_ratios(rows)
   table = markdown(rows, columns)
   print(table)

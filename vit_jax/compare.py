@@ -1,11 +1,15 @@
 """Train several variants with the same budget and seeds, then write the report.
 
     python -m vit_jax.compare --dataset cifar10 --variants vit,revvit,bdia,momentum \
-        --seeds 3 --workdir runs/cmp [--config.x=y ...]
+        --seeds 3 --workdir runs/cmp [--parallel-seeds K|auto] [--config.x=y ...]
 
-Each run goes to ``WORKDIR/<variant>/seed<k>`` and is an ordinary train.py run: a finished
-run is skipped, an interrupted one resumes. The report (``python -m vit_jax.report``) is
-written to ``WORKDIR/report``.
+A variant's seeds train together, as one seed-parallel program (``config.parallel_seeds``)
+of up to ``--parallel-seeds`` models (default: all of them; ``auto``: as many as fit in
+the device's memory, from the compiled program's memory). A program of several seeds
+runs in ``WORKDIR/<variant>/seeds<a>-<b>`` with each seed's outputs in its ``seed<k>``
+folder; a single seed runs in ``WORKDIR/<variant>/seed<k>``. Each is an ordinary
+train.py run: a finished one is skipped, an interrupted one resumes. The report
+(``python -m vit_jax.report``) is written to ``WORKDIR/report``.
 """
 import argparse
 import os
@@ -23,12 +27,47 @@ def run_config(variant: str, dataset: str, seed: int, overrides: list[str]):
 
 
 def _finished(workdir: str, config) -> bool:
-  path = os.path.join(workdir, 'summary.json')
-  if not os.path.exists(path):
-    return False
-  from vit_jax import metrics_io
-  s = metrics_io.read_json(path)
-  return bool(s.get('finished')) and s.get('epochs_completed', 0) >= config.num_epochs
+  from vit_jax import metrics_io, steps
+  for folder in metrics_io.model_dirs(workdir, steps.model_seeds(config)):
+    path = os.path.join(folder, 'summary.json')
+    if not os.path.exists(path):
+      return False
+    s = metrics_io.read_json(path)
+    if not s.get('finished') or s.get('epochs_completed', 0) < config.num_epochs:
+      return False
+  return True
+
+
+def seed_groups(seeds: int, per_program: int) -> list[tuple[int, int]]:
+  """(first seed, number of seeds) of each program: ``seeds`` split ``per_program`` at a time."""
+  return [(s, min(per_program, seeds - s)) for s in range(0, seeds, per_program)]
+
+
+def fitting_seeds(config, seeds: int, limit_mib: float | None = None) -> int:
+  """How many seeds of ``config`` fit in one program: 1..``seeds``, from compiled memory.
+
+  Compiles the program for 1 and 2 models (abstract shapes, nothing allocated),
+  extrapolates linearly to 90 % of the device's memory limit (the data set and the
+  allocator need the rest), then compiles that count to confirm, halving until it fits.
+  """
+  from vit_jax import bench, max_depth  # pylint: disable=import-outside-toplevel
+  limit = 0.9 * max_depth.memory_limit_mib(limit_mib)[0]
+  memory = lambda k: bench.compiled_memory_mib(
+      bench.compile_train_step(_with_models(config, k))[0])
+  one = memory(1)
+  if seeds == 1 or one > limit:
+    return 1
+  per_model = max(memory(2) - one, 1e-3)
+  k = int(min(seeds, max(1, 1 + (limit - one) // per_model)))
+  while k > 2 and memory(k) > limit:
+    k //= 2
+  return k
+
+
+def _with_models(config, k: int):
+  c = config.copy_and_resolve_references()
+  c.parallel_seeds = k
+  return c
 
 
 def main(argv=None):
@@ -38,6 +77,8 @@ def main(argv=None):
   p.add_argument('--dataset', required=True, help="cifar10 | mnist | folder:/path | mnist_idx:/path")
   p.add_argument('--variants', default='vit,revvit,bdia,momentum')
   p.add_argument('--seeds', type=int, default=1)
+  p.add_argument('--parallel-seeds', default='', metavar='K|auto',
+                 help='at most K seeds in one program (default: all; auto: as many as fit)')
   p.add_argument('--workdir', required=True)
   p.add_argument('--target-acc', type=float, metavar='PCT',
                  help="the report's time-to-accuracy target (see python -m vit_jax.report)")
@@ -49,6 +90,11 @@ def main(argv=None):
     p.error(f"--variants: {', '.join(bad)} unknown; choose from {', '.join(variants.VARIANTS)}")
   if args.seeds < 1:
     p.error('--seeds must be >= 1')
+  per_program = args.parallel_seeds or str(args.seeds)
+  if per_program != 'auto' and not (per_program.isdigit() and int(per_program) >= 1):
+    p.error(f'--parallel-seeds={args.parallel_seeds}: expected a count >= 1 or auto')
+  if any(o.split('=')[0] in ('--config.seed', '--config.parallel_seeds') for o in overrides):
+    p.error('--config.seed and --config.parallel_seeds are set by --seeds and --parallel-seeds')
   if report.target_acc_error(args.target_acc):
     p.error(report.target_acc_error(args.target_acc))
   from vit_jax import checkpoints, data, train_lib, validate
@@ -57,14 +103,21 @@ def main(argv=None):
   except ValueError as e:
     p.error(str(e))
   try:
-    for seed in range(args.seeds):
-      for name in names:
-        config = run_config(name, args.dataset, seed, overrides)
-        workdir = os.path.join(args.workdir, name, f'seed{seed}')
+    for name in names:
+      base = run_config(name, args.dataset, 0, overrides)
+      k = fitting_seeds(base, args.seeds) if per_program == 'auto' else int(per_program)
+      if per_program == 'auto':
+        print(f'{name}: {k} seeds fit in one program', flush=True)
+      for first, n in seed_groups(args.seeds, k):
+        config = run_config(name, args.dataset, first, overrides)
+        config.parallel_seeds = n
+        folder = f'seed{first}' if n == 1 else f'seeds{first}-{first + n - 1}'
+        workdir = os.path.join(args.workdir, name, folder)
         if _finished(workdir, config):
           print(f'{workdir}: finished, skipped', flush=True)
           continue
-        print(f'== {name}, seed {seed} -> {workdir}', flush=True)
+        print(f'== {name}, seed{"s" if n > 1 else ""} {first}'
+              f'{f"-{first + n - 1}" if n > 1 else ""} -> {workdir}', flush=True)
         train_lib.train_and_evaluate(config, workdir)
   except (validate.ConfigError, data.DataError, train_lib.TrainingError,
           checkpoints.CheckpointError) as e:

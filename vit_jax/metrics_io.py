@@ -7,6 +7,8 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ('epoch', 'step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr',
@@ -75,6 +77,13 @@ class MetricsCsv:
       os.fsync(f.fileno())
 
 
+def model_dirs(workdir: str, seeds) -> list[str]:
+  """Where each model of a run writes: ``workdir`` for one, ``workdir/seed<s>`` for several."""
+  if np.ndim(seeds) == 0:
+    return [workdir]
+  return [os.path.join(workdir, f'seed{int(s)}') for s in seeds]
+
+
 class TensorBoard:
   """Scalars to TensorBoard event files when TensorFlow's summary writer is importable."""
 
@@ -94,3 +103,15 @@ class TensorBoard:
         if isinstance(v, (int, float)):
           self.writer.scalar(k, v, step)
       self.writer.flush()
+
+
+class ModelFolder:
+  """One model's outputs: metrics.csv, config.json, summary.json and TensorBoard events."""
+
+  def __init__(self, path: str, tensorboard: bool):
+    os.makedirs(path, exist_ok=True)
+    self.path, self.metrics = path, MetricsCsv(path)
+    self.tb = TensorBoard(path, tensorboard)
+
+  def write_json(self, name: str, obj) -> None:
+    write_json(os.path.join(self.path, name), obj)

@@ -1,4 +1,4 @@
-"""The jitted pieces of training: state, train step, eval step, all sharded over a mesh.
+"""The jitted pieces of training: state, train chunk, eval step, all sharded over a mesh.
 
 Data parallelism is a one-axis mesh ('data') over every local device: the batch is
 sharded along it, parameters and optimizer state are replicated, and XLA inserts the
@@ -7,6 +7,11 @@ gradient all-reduce. One device is the same code with a mesh of one.
 The whole data set sits on the device(s) as uint8. A step picks its batch from an epoch
 permutation and augments it from keys derived from (seed, step) only, so a resumed run
 sees exactly the batches, crops, flips, dropout masks and γ it would have seen.
+
+Seed-parallel training (``config.parallel_seeds`` = N > 1) trains the models with seeds
+``seed … seed+N-1`` in one program: every function here is written for one model and
+``jax.vmap``-ed over a leading model axis (``over_models``), so model k draws exactly
+what a single run with seed ``seed+k`` draws, and each kernel does N models' work.
 """
 import functools
 from typing import Any
@@ -37,15 +42,36 @@ def batch_sharded(mesh):
   return NamedSharding(mesh, P('data'))
 
 
-def create_state(model, tx, image_shape, seed: int) -> TrainState:
-  """Initial state (not jitted; wrap it in ``jax.jit`` / ``jax.eval_shape``)."""
+def model_seeds(config) -> np.ndarray:
+  """The seeds of the models one program trains: ``seed … seed+parallel_seeds-1``.
+
+  One model (the default) has a scalar seed and unbatched state, exactly as before
+  seed-parallel training existed; N > 1 models have every array on a leading model axis.
+  """
+  n = config.get('parallel_seeds', 1)
+  seeds = config.seed + np.arange(n, dtype=np.int32)
+  return seeds[0] if n == 1 else seeds
+
+
+def over_models(fn, seeds, in_axes=0):
+  """``fn`` for one model, or ``jax.vmap(fn, in_axes)`` over the model axis of several."""
+  return fn if np.ndim(seeds) == 0 else jax.vmap(fn, in_axes=in_axes)
+
+
+def create_state(model, tx, image_shape, seed) -> TrainState:
+  """Initial state of the model with ``seed`` (not jitted; wrap it in jit / eval_shape)."""
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)))['params']
   state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   # A strongly typed step, like a restored one: fresh and resumed runs share one program.
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def step_keys(seed: int, step):
+def create_states(model, tx, image_shape, seeds) -> TrainState:
+  """``create_state`` for every seed of ``model_seeds`` (stacked when there are several)."""
+  return over_models(lambda s: create_state(model, tx, image_shape, s), seeds)(seeds)
+
+
+def step_keys(seed, step):
   """(augmentation key, model key) for global step ``step``: a function of both only."""
   base = jax.random.fold_in(jax.random.PRNGKey(seed), step)
   return jax.random.fold_in(base, 0), jax.random.fold_in(base, 1)
@@ -53,8 +79,11 @@ def step_keys(seed: int, step):
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def epoch_permutation(seed, epoch, n: int):
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 2**20), epoch)
-  return jax.random.permutation(key, n)
+  """The order of the ``n`` training images in ``epoch`` for the model with ``seed``."""
+  def one(seed):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 2**20), epoch)
+    return jax.random.permutation(key, n)
+  return over_models(one, seed)(seed)
 
 
 def cross_entropy(logits, labels, num_classes: int, smoothing: float = 0.0):
@@ -64,25 +93,28 @@ def cross_entropy(logits, labels, num_classes: int, smoothing: float = 0.0):
 
 
 def make_train_step(model, ds_info: dict, config, mesh):
-  """Returns ``train_step(state, images, labels, perm, sums) -> (state, sums)``.
+  """Returns ``train_step(state, sums, seed, live, images, labels, perm) -> (state, sums)``.
 
-  ``images``/``labels`` are the whole (replicated) training set, ``perm`` the epoch's
-  permutation, ``sums`` running {loss, correct, count, nonfinite, first_bad} sums kept
-  on the device (no host sync per step). A step whose loss or gradients are not finite
-  is not applied; it is counted, and the first such step is recorded.
+  One model's step (not jitted): ``images``/``labels`` are the whole training set,
+  ``perm`` the epoch's permutation, ``sums`` running {loss, correct, count, nonfinite,
+  first_bad} sums kept on the device. An update is applied only where the loss and
+  gradients are finite and the model is ``live``; with ``on_nonfinite='stop'`` a model
+  also stops updating after its first non-finite step of the epoch, so the state it
+  keeps is the last good one. Non-finite steps are counted and the first one recorded.
   """
-  batch, seed = config.batch_size, config.seed
+  batch = config.batch_size
   mean, std, flip = ds_info['mean'], ds_info['std'], ds_info['flip']
   dtype = jnp.bfloat16 if config.bf16 else jnp.float32
   n_classes, smoothing = config.model.num_classes, config.label_smoothing
   steps_per_epoch = ds_info['steps_per_epoch']
+  stop_on_nonfinite = config.on_nonfinite == 'stop'
 
   def loss_fn(params, x, y, key):
     logits = model.apply({'params': params}, x, train=True, rngs={'dropout': key})
     loss = cross_entropy(logits, y, n_classes, smoothing).mean()
     return loss, (logits.argmax(-1) == y).sum()
 
-  def train_step(state, images, labels, perm, sums):
+  def train_step(state, sums, seed, live, images, labels, perm):
     step = state.step
     idx = jax.lax.dynamic_slice(perm, ((step % steps_per_epoch) * batch,), (batch,))
     idx = jax.lax.with_sharding_constraint(idx, batch_sharded(mesh))
@@ -93,32 +125,56 @@ def make_train_step(model, ds_info: dict, config, mesh):
         state.params, x, y, model_key)
     finite = jnp.isfinite(loss) & jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    # A cond, not a select between new and old state: the update then runs in place in
-    # the donated buffers instead of keeping a second copy of parameters and moments
-    # (measured: bdia at depth 24, batch 128, 1,263 -> 1,194 MiB compiled on the CPU).
-    new_state = jax.lax.cond(finite, lambda s, g: s.apply_gradients(grads=g),
+    apply = finite & live & ((sums['nonfinite'] == 0) if stop_on_nonfinite else True)
+    # A cond, not a select between new and old state: for one model the update then runs
+    # in place in the donated buffers instead of keeping a second copy of parameters and
+    # moments (bdia at depth 24, batch 128: 1,263 -> 1,194 MiB compiled on the CPU).
+    # Under vmap (several models) the cond becomes that select, per model.
+    new_state = jax.lax.cond(apply, lambda s, g: s.apply_gradients(grads=g),
                              lambda s, g: s, state, grads)
     new_state = new_state.replace(step=step + 1)
-    sums = dict(loss=sums['loss'] + jnp.where(finite, loss, 0.0) * batch,
-                correct=sums['correct'] + jnp.where(finite, correct, 0),
-                count=sums['count'] + jnp.where(finite, batch, 0),
+    sums = dict(loss=sums['loss'] + jnp.where(apply, loss, 0.0) * batch,
+                correct=sums['correct'] + jnp.where(apply, correct, 0),
+                count=sums['count'] + jnp.where(apply, batch, 0),
                 nonfinite=sums['nonfinite'] + (~finite).astype(jnp.int32),
                 first_bad=jnp.where((~finite) & (sums['first_bad'] < 0), step,
                                     sums['first_bad']))
     return new_state, sums
 
+  return train_step
+
+
+def make_train_chunk(model, ds_info: dict, config, mesh, seeds):
+  """Returns the jitted ``chunk(state, sums, seeds, live, images, labels, perm, n_steps)``.
+
+  It runs ``n_steps`` training steps (a traced count: one program serves every chunk
+  length, so where a chunk ends never changes a step's bits) of every model in one
+  device loop, and returns (state, sums). The host dispatches a chunk and syncs once.
+  ``state``, ``sums``, ``live`` and ``perm`` carry the model axis when there are
+  several models (``seeds`` an array); the data set is shared by all of them.
+  """
+  step = over_models(make_train_step(model, ds_info, config, mesh), seeds,
+                     in_axes=(0, 0, 0, 0, None, None, 0))
+
+  def chunk(state, sums, seeds, live, images, labels, perm, n_steps):
+    body = lambda _, carry: step(*carry, seeds, live, images, labels, perm)
+    return jax.lax.fori_loop(0, n_steps, body, (state, sums))
+
   rep = replicated(mesh)
-  return jax.jit(train_step, donate_argnums=(0, 4), out_shardings=(rep, rep))
+  return jax.jit(chunk, donate_argnums=(0, 1), out_shardings=(rep, rep))
 
 
-def zero_sums():
-  return dict(loss=jnp.zeros((), jnp.float32), correct=jnp.zeros((), jnp.int32),
-              count=jnp.zeros((), jnp.int32), nonfinite=jnp.zeros((), jnp.int32),
-              first_bad=jnp.full((), -1, jnp.int32))
+def zero_sums(seeds=None):
+  """Running sums of an epoch, for one model or (``seeds`` an array) for each model."""
+  one = dict(loss=jnp.zeros((), jnp.float32), correct=jnp.zeros((), jnp.int32),
+             count=jnp.zeros((), jnp.int32), nonfinite=jnp.zeros((), jnp.int32),
+             first_bad=jnp.full((), -1, jnp.int32))
+  n = np.size(seeds) if np.ndim(seeds) else 0
+  return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,)) + 0, one) if n else one
 
 
-def make_eval_step(model, ds_info: dict, config, mesh):
-  """Returns ``eval_step(params, x_uint8, y, mask) -> (loss_sum, correct_sum)``."""
+def make_eval_step(model, ds_info: dict, config, mesh, seeds=None):
+  """Returns ``eval_step(params, x_uint8, y, mask) -> (loss_sum, correct_sum)`` (per model)."""
   dtype = jnp.bfloat16 if config.bf16 else jnp.float32
 
   def eval_step(params, x, y, mask):
@@ -127,12 +183,16 @@ def make_eval_step(model, ds_info: dict, config, mesh):
     loss = cross_entropy(logits, y, config.model.num_classes)
     return (loss * mask).sum(), ((logits.argmax(-1) == y) * mask).sum()
 
+  eval_step = over_models(eval_step, seeds, in_axes=(0, None, None, None))
   return jax.jit(eval_step, out_shardings=replicated(mesh))
 
 
 def evaluate(eval_step, params, images: np.ndarray, labels: np.ndarray, batch: int,
-             mesh) -> tuple[float, float]:
-  """Mean loss and accuracy over the whole evaluation set (last batch padded, masked)."""
+             mesh) -> tuple[np.ndarray, np.ndarray]:
+  """Mean loss and accuracy over the whole evaluation set (last batch padded, masked).
+
+  Float64 NumPy scalars for one model, arrays with one entry per model for several.
+  """
   n = len(labels)
   batch = max(mesh.size, batch - batch % mesh.size)
   loss_sum, correct = 0.0, 0
@@ -145,7 +205,8 @@ def evaluate(eval_step, params, images: np.ndarray, labels: np.ndarray, batch: i
       x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
       y = np.concatenate([y, np.zeros(pad, y.dtype)])
     l, c = eval_step(params, *jax.device_put((x, y, mask), sharding))
-    loss_sum, correct = loss_sum + float(l), correct + int(c)
+    loss_sum = loss_sum + np.asarray(l, np.float64)
+    correct = correct + np.asarray(c, np.int64)
   return loss_sum / n, correct / n
 
 

@@ -8,78 +8,35 @@ accuracies; times differ). Order of work, so that bad input costs nothing:
 
   config checks -> workdir checks (read only) -> data -> checkpoint checks -> writes -> compile
 
+With ``config.parallel_seeds`` = N > 1 the run trains the N models with seeds
+``seed … seed+N-1`` in one program (``steps.over_models``); model k's metrics.csv,
+summary.json and config.json go to ``workdir/seed<seed+k>/``, the one checkpoint of all
+models to ``workdir/checkpoints``. The loop itself is ``train_loop.TrainLoop``.
+
 SIGTERM/SIGINT only set a flag, checked at safe points: during setup (after the data,
 after the restore, after compiling) ``Preempted`` is raised with nothing new written;
-during training the current step finishes, a checkpoint is written, then ``Preempted``.
-A second signal ends the process at once (exit 75) without saving; the checkpoints on
-disk stay consistent, as after a SIGKILL.
+during training the current chunk of steps finishes, a checkpoint is written, then
+``Preempted``. A second signal ends the process at once (exit 75) without saving; the
+checkpoints on disk stay consistent, as after a SIGKILL.
 """
-import collections
+import dataclasses
 import logging
 import os
-import signal
-import sys
-import threading
 import time
+from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
-from vit_jax import checkpoints, cli, data, metrics_io, model as model_lib, optim, steps, validate
+from vit_jax import checkpoints, data, metrics_io, model as model_lib, optim, steps, validate
+from vit_jax.run_control import Preempted, Signals, TrainingError  # noqa: F401  (public here)
+from vit_jax.train_loop import Progress, TrainLoop
 
-# Steps the host may queue ahead of the device: enough to keep an accelerator busy, few
-# enough that a SIGTERM (checked between dispatches) is honoured within a step or two.
-MAX_STEPS_IN_FLIGHT = 2
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-  """The run cannot go on; the message says why and what to change."""
-
-
-class Preempted(Exception):
-  """SIGTERM/SIGINT: the message says what was saved and how to resume."""
-
-
-class _Signals:
-  """SIGTERM/SIGINT set a flag (never an exception inside library code); twice: exit now."""
-
-  def __init__(self):
-    self.received = None
-    self.last_checkpoint = 'no checkpoint was written'
-
-  def _handler(self, signum, _):
-    name = signal.Signals(signum).name
-    if self.received is None:
-      self.received = name
-      log.warning('%s received: stopping at the next safe point (send it again to stop at '
-                  'once, without saving)', name)
-      return
-    sys.stderr.write(f'{os.path.basename(sys.argv[0]) or "python"}: stopped: {self.received} '
-                     f'then {name} received: stopped at once without saving; '
-                     f'{self.last_checkpoint}. Rerun the same command to resume\n')
-    sys.stderr.flush()
-    os._exit(cli.EXIT_PREEMPTED)  # pylint: disable=protected-access
-
-  def check(self, what: str) -> None:
-    """During setup: stop here if a signal came."""
-    if self.received:
-      raise Preempted(f'{self.received} received {what}; no checkpoint was written. Rerun '
-                      'the same command to resume')
-
-  def __enter__(self):
-    self.old = {}
-    if threading.current_thread() is threading.main_thread():
-      self.old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
-
-  def __exit__(self, *exc):
-    for s, h in self.old.items():
-      signal.signal(s, h)
-
-
-def _peak_memory(compiled) -> tuple[float, str]:
+def peak_memory(compiled) -> tuple[float, str]:
+  """The device's peak bytes in use where it says, else XLA's buffer assignment, in MiB."""
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'] / 2**20, 'device_peak'
@@ -89,25 +46,38 @@ def _peak_memory(compiled) -> tuple[float, str]:
   return total / 2**20, 'compiled_analysis'
 
 
-def _nonfinite_error(sums, steps_per_epoch, saved_step, config):
-  bad = int(sums['first_bad'])  # 0-based index of the step: it is step bad + 1
-  return TrainingError(
-      f'loss or gradients became NaN/Inf at step {bad + 1} (epoch {bad // steps_per_epoch + 1},'
-      f' step {bad % steps_per_epoch + 1} of {steps_per_epoch}); the last good checkpoint '
-      f'({f"step {saved_step}" if saved_step else "none yet"}) is kept as it was. Lower '
-      f'--config.learning_rate (now {config.learning_rate:g})'
-      f'{"" if config.grad_clip_norm else ", set --config.grad_clip_norm=1.0"}'
-      f'{", use --config.bf16=False" if config.bf16 else ""}, or skip such steps with '
-      '--config.on_nonfinite=skip')
+@dataclasses.dataclass
+class Run:
+  """What the loop needs of a run: its config, data, devices and where it writes."""
+  config: Any
+  ds: data.Dataset
+  mesh: Any
+  seeds: Any                 # np.int32 scalar (one model) or array (several)
+  spe: int                   # steps per epoch
+  schedule: Any
+  ckpt: checkpoints.Checkpoints
+  signals: Signals
+  primary: bool              # this process writes files
+  folders: list              # metrics_io.ModelFolder per model
+  eval_step: Any = None
+  images: Any = None         # the training set on the device(s)
+  labels: Any = None
+  seeds_on_device: Any = None
+  peak_memory = staticmethod(peak_memory)
+
+  @property
+  def n_train(self) -> int:
+    return len(self.ds.train_labels)
 
 
-def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the summary.
+def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None):
+  """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
-  ``devices`` (default: all) form the one-axis data mesh. ``fresh`` moves an existing
-  run in ``workdir`` aside first.
+  Returns the summary dict, or with ``config.parallel_seeds`` > 1 a list of them, one
+  per model. ``devices`` (default: all) form the one-axis data mesh. ``fresh`` moves an
+  existing run in ``workdir`` aside first.
   """
-  with _Signals() as signals:
+  with Signals() as signals:
     return _run(config, workdir, fresh, list(devices or jax.devices()), signals)
 
 
@@ -123,14 +93,13 @@ def _run(config, workdir, fresh, devices, signals):
 
   mesh = steps.make_mesh(devices)
   info = steps.dataset_info(ds, config)
-  spe, n_train = info['steps_per_epoch'], len(ds.train_labels)
+  spe, n_train, seeds = info['steps_per_epoch'], len(ds.train_labels), steps.model_seeds(config)
   model = model_lib.build(config)
   tx = optim.make_optimizer(config, spe)
-  schedule = optim.learning_rate_schedule(config, spe)
   image_shape = ds.train_images.shape[1:]
   rep = steps.replicated(mesh)
-  init = jax.jit(lambda: steps.create_state(model, tx, image_shape, config.seed), out_shardings=rep)
-  abstract = {'state': jax.eval_shape(init), 'sums': jax.eval_shape(steps.zero_sums)}
+  init = jax.jit(lambda: steps.create_states(model, tx, image_shape, seeds), out_shardings=rep)
+  abstract = {'state': jax.eval_shape(init), 'sums': jax.eval_shape(steps.zero_sums, seeds)}
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
 
   primary = jax.process_index() == 0
@@ -153,158 +122,93 @@ def _run(config, workdir, fresh, devices, signals):
           f'({", ".join(changed[:4])}{" ..." if len(changed) > 4 else ""} differ); use another '
           '--workdir, or rerun with --fresh to move it aside')
     signals.check('before training started')
-    return _train(config, workdir, ds, mesh, model, info, schedule, init, restored, ckpt,
-                  signals, primary)
+    run = Run(config, ds, mesh, seeds, spe, optim.learning_rate_schedule(config, spe), ckpt,
+              signals, primary, folders=[])
+    return _train(run, model, info, init, restored)
   finally:
     ckpt.close()
 
 
-def _train(config, workdir, ds, mesh, model, info, schedule, init, restored, ckpt, signals,
-           primary):
-  spe, n_train, batch = info['steps_per_epoch'], len(ds.train_labels), config.batch_size
-  rep = steps.replicated(mesh)
+def _train(run, model, info, init, restored):
+  config, workdir, rep = run.config, run.ckpt.workdir, steps.replicated(run.mesh)
   if restored:
     start, item, meta = restored
-    state, sums = item['state'], item['sums']
-    epochs_done, carried_s = int(meta['epochs_done']), float(meta['epoch_elapsed_s'])
+    state, sums, progress = item['state'], item['sums'], Progress.from_meta(start, meta)
     log.info('resuming from the checkpoint at step %d (epoch %d) in %s', start,
-             start // spe + 1, ckpt.directory)
+             start // run.spe + 1, run.ckpt.directory)
   else:
-    start, state, sums = 0, init(), jax.device_put(steps.zero_sums(), rep)
-    epochs_done, carried_s = 0, 0.0
-  metrics = metrics_io.MetricsCsv(workdir)
-  if primary:
-    metrics_io.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    metrics.keep_epochs_up_to(epochs_done)
+    state, sums, progress = init(), jax.device_put(steps.zero_sums(run.seeds), rep), Progress()
+  start, total = progress.step, config.num_epochs * run.spe
   params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  total = config.num_epochs * spe
-  if start >= total and epochs_done >= start // spe:  # nothing to do: no compilation
+  params_count //= max(np.size(run.seeds), 1)
+  training = not (start >= total and progress.epochs_done >= start // run.spe)
+  run.folders = [metrics_io.ModelFolder(d, training and run.primary and config.get('tensorboard', True))
+                 for d in metrics_io.model_dirs(workdir, run.seeds)]
+  if run.primary:
+    metrics_io.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    for folder, cfg in zip(run.folders, _model_configs(config, run.seeds)):
+      folder.write_json('config.json', cfg)
+      folder.metrics.keep_epochs_up_to(progress.epochs_done)
+  if not training:  # nothing to do: no compilation
     log.info('the run has already trained %d epochs (step %d); raise --config.num_epochs to '
-             'train longer', epochs_done, start)
-    return _summary(config, workdir, ds, metrics, mesh, primary, params=params_count,
-                    compile_time_s=0.0, resumed_from_step=start, last_checkpoint_step=start)
+             'train longer', progress.epochs_done, start)
+    return _summaries(run, progress, params=params_count, compile_time_s=0.0,
+                      resumed_from_step=start, last_checkpoint_step=start)
 
-  images, labels = jax.device_put((ds.train_images, ds.train_labels), rep)
-  permutation = lambda e: jax.device_put(steps.epoch_permutation(config.seed, e, n_train), rep)
-  train_step = steps.make_train_step(model, info, config, mesh)
-  eval_step = steps.make_eval_step(model, info, config, mesh)
+  run.images, run.labels = jax.device_put((run.ds.train_images, run.ds.train_labels), rep)
+  run.seeds_on_device = jax.device_put(run.seeds, rep)
+  run.eval_step = steps.make_eval_step(model, info, config, run.mesh, run.seeds)
+  chunk = steps.make_train_chunk(model, info, config, run.mesh, run.seeds)
   t0 = time.perf_counter()
-  perm = permutation(start // spe)
-  compiled = train_step.lower(state, images, labels, perm, sums).compile()
+  perm = steps.epoch_permutation(run.seeds, start // run.spe, run.n_train)
+  live = np.ones(np.shape(run.seeds), bool)
+  compiled = chunk.lower(state, sums, run.seeds_on_device, jax.device_put(live, rep),
+                         run.images, run.labels, jax.device_put(perm, rep),
+                         np.int32(1)).compile()
   compile_s = time.perf_counter() - t0
-  signals.check('before training started')
-  log.info('train step compiled in %.1f s; %d parameters, %d steps per epoch',
-           compile_s, params_count, spe)
+  run.signals.check('before training started')
+  log.info('train step compiled in %.1f s; %d parameters%s, %d steps per epoch', compile_s,
+           params_count, f' per model, {np.size(run.seeds)} models' if np.ndim(run.seeds) else '',
+           run.spe)
   guard = None
   if config.exactness_check_every_steps and model_lib.variants.make_variant(
       config.model.variant).reversible:
     from vit_jax import verify  # only needed for reversible runs that ask for it
-    guard = verify.ExactnessGuard(model, info, config, mesh)
-  tb = metrics_io.TensorBoard(workdir, config.get('tensorboard', True) and primary)
-
-  saved_step = start if restored else 0
+    guard = verify.ExactnessGuard(model, info, config, run.seeds)
   if restored:
-    signals.last_checkpoint = f'the last checkpoint is step {start} in {ckpt.directory}'
-  clock = {'epoch_start': time.perf_counter(), 'carried': carried_s}
-  epoch_elapsed = lambda: clock['carried'] + time.perf_counter() - clock['epoch_start']
-  stop_on_nonfinite = config.on_nonfinite == 'stop'
-
-  def save(step, epochs_done):
-    nonlocal saved_step
-    if stop_on_nonfinite and int(sums['nonfinite']):
-      raise _nonfinite_error(sums, spe, saved_step, config)
-    ckpt.save(step, {'state': state, 'sums': sums},
-              dict(epochs_done=epochs_done, epoch_elapsed_s=epoch_elapsed(),
-                   train_images=n_train, steps_per_epoch=spe, config=config.to_dict()))
-    saved_step = step
-    signals.last_checkpoint = f'the last checkpoint is step {step} in {ckpt.directory}'
-
-  def finish_epoch(epoch, step, epoch_time):
-    """Evaluates, appends the metrics row, resets the sums (epoch is 0-based)."""
-    nonlocal sums
-    if stop_on_nonfinite and int(sums['nonfinite']):
-      raise _nonfinite_error(sums, spe, saved_step, config)
-    if int(sums['nonfinite']):
-      log.warning('epoch %d: skipped %d steps with NaN/Inf loss or gradients (first: step %d)',
-                  epoch + 1, int(sums['nonfinite']), int(sums['first_bad']) + 1)
-    val_loss, val_acc = steps.evaluate(eval_step, state.params, ds.test_images,
-                                       ds.test_labels, config.eval_batch_size, mesh)
-    memory, source = _peak_memory(compiled)
-    count = int(sums['count'])  # 0 if every step was skipped
-    row = dict(epoch=epoch + 1, step=step,
-               train_loss=float(sums['loss']) / count if count else float('nan'),
-               train_acc=int(sums['correct']) / count if count else float('nan'),
-               val_loss=val_loss, val_acc=val_acc,
-               lr=float(schedule(step - 1)), epoch_time_s=round(epoch_time, 3),
-               images_per_s=round(spe * batch / max(epoch_time, 1e-9), 1),
-               peak_memory_mib=round(memory, 1), memory_source=source)
-    sums = jax.device_put(steps.zero_sums(), rep)
-    if primary:
-      metrics.append(row)
-      tb.scalars(step, row)
-    tqdm.write(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc "
-               f"{row['train_acc']:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | "
-               f"{epoch_time:.1f} s, {row['images_per_s']:.0f} img/s")
-    clock.update(epoch_start=time.perf_counter(), carried=0.0)
-
-  def should_save(step):
-    every_steps, every_epochs = config.checkpoint_every_steps, config.checkpoint_every_epochs
-    return (step == total or bool(every_steps and step % every_steps == 0) or
-            bool(step % spe == 0 and every_epochs and (step // spe) % every_epochs == 0))
-
-  step = start
-  if epochs_done < start // spe:  # saved at an epoch's last step, before its evaluation
-    finish_epoch(start // spe - 1, start, epoch_elapsed())
-    epochs_done = start // spe
-  bar, first, in_flight = None, step, collections.deque()
-  while step < total:
-    epoch = step // spe
-    if bar is None:
-      if step % spe == 0:
-        perm = permutation(epoch)
-      bar = tqdm(total=spe, initial=step % spe, desc=f'epoch {epoch + 1}/{config.num_epochs}',
-                 disable=not config.progress_bar, leave=False)
-    state, sums = compiled(state, images, labels, perm, sums)
-    in_flight.append(sums['count'] + 0)  # a handle that outlives the donation of ``sums``
-    if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-      in_flight.popleft().block_until_ready()
-    step += 1
-    if guard and step % config.exactness_check_every_steps == 0:
-      guard.check(state.params, images, labels, perm, step)
-    epoch_end = step % spe == 0
-    if signals.received:
-      bar.close()
-      save(step, epochs_done)  # an epoch ended here is evaluated on resume
-      raise Preempted(f'{signals.received} received: saved a checkpoint at step {step} '
-                      f'(epoch {epoch + 1}, step {step - epoch * spe} of {spe}) in '
-                      f'{ckpt.directory}; rerun the same command to resume')
-    if step % max(config.log_every_steps, 1) == 0 or epoch_end:
-      if stop_on_nonfinite and int(sums['nonfinite']):
-        raise _nonfinite_error(sums, spe, saved_step, config)
-      count = max(int(sums['count']), 1)
-      rate = (step - first) * batch / max(time.perf_counter() - clock['epoch_start'], 1e-9)
-      bar.set_postfix(loss=f"{float(sums['loss']) / count:.4f}",
-                      acc=f"{int(sums['correct']) / count:.3f}", img_s=f'{rate:.0f}')
-      bar.update(step - epoch * spe - bar.n)
-    if epoch_end:
-      bar.close()
-      bar, first = None, step
-      finish_epoch(epoch, step, epoch_elapsed())
-      epochs_done = epoch + 1
-    if should_save(step):
-      save(step, epochs_done)
-
-  return _summary(config, workdir, ds, metrics, mesh, primary, params=params_count,
-                  compile_time_s=round(compile_s, 2), resumed_from_step=start,
-                  last_checkpoint_step=saved_step)
+    run.signals.last_checkpoint = f'the last checkpoint is step {start} in {run.ckpt.directory}'
+  loop = TrainLoop(run, compiled, state, sums, progress, guard)
+  loop.train()
+  return _summaries(run, progress, params=params_count, compile_time_s=round(compile_s, 2),
+                    resumed_from_step=start, last_checkpoint_step=loop.saved_step)
 
 
-def _summary(config, workdir, ds, metrics, mesh, primary, **extra) -> dict:
+def _model_configs(config, seeds) -> list[dict]:
+  """Each model's config.json: the run's config with that model's seed."""
+  return [dict(config.to_dict(), seed=int(s)) for s in np.atleast_1d(seeds)]
+
+
+def _summaries(run, progress, **extra):
+  """Writes each model's summary.json; returns it (one model) or the list (several).
+
+  Raises TrainingError, after writing them, when a model stopped on a non-finite loss.
+  """
+  out = []
+  for k, (folder, cfg) in enumerate(zip(run.folders, _model_configs(run.config, run.seeds))):
+    stopped = progress.stopped.get(str(k))
+    out.append(_summary(run, folder, cfg, stopped, **extra))
+  if progress.stopped:
+    raise TrainingError(f'{len(progress.stopped)} of {len(out)} models stopped: ' +
+                        '; '.join(progress.stopped.values()))
+  return out if np.ndim(run.seeds) else out[0]
+
+
+def _summary(run, folder, cfg, stopped, **extra) -> dict:
   """summary.json: best and final accuracy (best = model selection on the eval set)."""
-  rows = metrics.rows()
+  config, rows = run.config, folder.metrics.rows()
   best = max(rows, key=lambda r: float(r['val_acc'])) if rows else None
   last = rows[-1] if rows else {}
-  summary = dict(variant=config.model.variant, dataset=config.dataset, seed=config.seed,
+  summary = dict(variant=config.model.variant, dataset=config.dataset, seed=cfg['seed'],
                  epochs_completed=len(rows), **extra,
                  best_val_acc=float(best['val_acc']) if best else None,
                  best_epoch=int(best['epoch']) if best else None,
@@ -313,8 +217,11 @@ def _summary(config, workdir, ds, metrics, mesh, primary, **extra) -> dict:
                  peak_memory_mib=float(last['peak_memory_mib']) if rows else None,
                  memory_source=last.get('memory_source'),
                  images_per_s=float(last['images_per_s']) if rows else None,
-                 finished=len(rows) >= config.num_epochs, data_note=ds.note,
-                 device=jax.devices()[0].device_kind, num_devices=mesh.size)
-  if primary:
-    metrics_io.write_json(os.path.join(workdir, 'summary.json'), summary)
+                 finished=len(rows) >= config.num_epochs and not stopped,
+                 data_note=run.ds.note, device=jax.devices()[0].device_kind,
+                 num_devices=run.mesh.size)
+  if np.ndim(run.seeds):
+    summary.update(parallel_seeds=int(np.size(run.seeds)), stopped=stopped)
+  if run.primary:
+    folder.write_json('summary.json', summary)
   return summary

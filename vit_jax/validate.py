@@ -19,6 +19,7 @@ SCHEDULES = ('cosine', 'constant')
 DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
 RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',
+                     'steps_per_dispatch',
                      'checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
                      'exactness_check_every_steps', 'exactness_check_action', 'on_nonfinite', 'eval_batch_size',
                      'data_dir', 'distributed')
@@ -63,10 +64,12 @@ def check_config(config, num_devices: int | None = None) -> None:
     raise ConfigError(f"config.dataset={ds!r} is unknown; use one of: {', '.join(DATASETS)}")
   for field in ('num_epochs', 'batch_size', 'eval_batch_size', 'model.image_size',
                 'model.channels', 'model.num_classes', 'model.patch_size', 'model.dim',
-                'model.depth', 'model.heads', 'model.dim_head', 'model.mlp_dim'):
+                'model.depth', 'model.heads', 'model.dim_head', 'model.mlp_dim',
+                'parallel_seeds'):
     _number(config, field, numbers.Integral)
   for field in ('checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
                 'log_every_steps', 'exactness_check_every_steps', 'train_examples',
+                'steps_per_dispatch',
                 'eval_examples'):
     _number(config, field, numbers.Integral, allow_zero=True)
   _number(config, 'learning_rate')

@@ -11,6 +11,7 @@ One training step of the configured model on random data, with the custom VJP, r
 Exits 1 on any mismatch. The reconstruction is read out of the real backward pass: the
 engine returns the rebuilt block inputs as the gradient of a zero "probe" argument.
 """
+import functools
 import logging
 import os
 import sys
@@ -20,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import data, model as model_lib, steps
+from vit_jax.run_control import TrainingError
 
 log = logging.getLogger(__name__)
 # float32 gradients of two different programs (custom VJP vs autodiff) differ by rounding:
 # at most 1.1e-6 at the presets on a CPU, 8.5e-4 on an H200 whose TF32 matmuls round the
 # two programs differently (RESULTS.md). The count of rebuilt elements that differ is the
 # strict check.
+EXACT_VARIANTS = ('bdia', 'momentum')  # rebuilt bit for bit by design
 GRAD_RTOL = {jnp.float32: 1e-3, jnp.bfloat16: 3e-2, jnp.float64: 1e-10}
 
 
@@ -64,23 +67,37 @@ def relative_errors(grads, ref) -> dict[str, float]:
 
 
 def run(config, batch_size=None, seed=0) -> dict:
-  """Runs the check for ``config``; returns a JSON-able report with ``ok``."""
+  """Runs the check for ``config``; returns a JSON-able report with ``ok``.
+
+  With ``config.parallel_seeds`` = N > 1 it checks N models in one vmapped program, as
+  seed-parallel training runs them (each its own parameters and keys, the same images);
+  mismatches are then summed, errors maximised over the models.
+  """
   model = model_lib.build(config)
   m = config.model
   b = batch_size or config.batch_size
+  n = config.get('parallel_seeds', 1)
   k_img, k_lab, k_init, k_drop = jax.random.split(jax.random.PRNGKey(seed), 4)
   images = jax.random.normal(k_img, (b, m.image_size, m.image_size, m.channels),
                              model.dtype)
   labels = jax.random.randint(k_lab, (b,), 0, m.num_classes)
-  params = model.init(k_init, images[:1])['params']
-  check = jax.jit(reconstruction_and_grads, static_argnums=0)
-  mismatches, errors, grads = check(model, params, images, labels, k_drop)
-  ref = jax.jit(reference_grads, static_argnums=0)(model, params, images, labels, k_drop)
+  models = None if n == 1 else np.arange(n)  # the model axis, as steps.over_models reads it
+  per_model = lambda f: jax.jit(steps.over_models(functools.partial(f, model), models,
+                                                  in_axes=(0, None, None, 0)))
+  init_keys, drop_keys = (k_init, k_drop) if n == 1 else (
+      jax.random.split(k_init, n), jax.random.split(k_drop, n))
+  params = jax.jit(steps.over_models(lambda k: model.init(k, images[:1])['params'], models))(
+      init_keys)
+  mismatches, errors, grads = per_model(reconstruction_and_grads)(params, images, labels,
+                                                                  drop_keys)
+  ref = per_model(reference_grads)(params, images, labels, drop_keys)
+  if n > 1:
+    mismatches, errors = jnp.sum(mismatches, 0), jnp.max(errors, 0)
   rel = relative_errors(grads, ref)
-  exact = m.variant in ('bdia', 'momentum')
+  exact = m.variant in EXACT_VARIANTS
   rtol = GRAD_RTOL[jnp.dtype(model.dtype).type]
   report = dict(variant=m.variant, depth=m.depth, batch=b, dtype=jnp.dtype(model.dtype).name,
-                device=jax.devices()[0].device_kind, backend=jax.default_backend(),
+                models=n, device=jax.devices()[0].device_kind, backend=jax.default_backend(),
                 matmul_precision=str(jax.config.jax_default_matmul_precision),
                 xla_flags=os.environ.get('XLA_FLAGS', ''),
                 mismatches=np.asarray(mismatches).tolist(),
@@ -93,7 +110,8 @@ def run(config, batch_size=None, seed=0) -> dict:
 
 
 def print_report(r: dict, out=sys.stdout) -> None:
-  print(f"{r['variant']}: depth {r['depth']}, batch {r['batch']}, {r['dtype']} compute, "
+  models = f", {r['models']} models in one program" if r.get('models', 1) > 1 else ''
+  print(f"{r['variant']}: depth {r['depth']}, batch {r['batch']}{models}, {r['dtype']} compute, "
         f"{r['device']} ({r['backend']}), matmul precision {r['matmul_precision']}", file=out)
   for k, (mis, err) in enumerate(zip(r['mismatches'], r['max_abs_error'])):
     cells = ', '.join(f'stream {s}: {n} differ, max |err| {e:.3g}'
@@ -105,28 +123,31 @@ def print_report(r: dict, out=sys.stdout) -> None:
 
 
 class ExactnessGuard:
-  """During training: every N steps, rebuild one batch's activations and compare."""
+  """During training: every N steps, rebuild one batch's activations per model and compare."""
 
-  def __init__(self, model, ds_info, config, mesh):
-    self.model, self.info, self.config = model, ds_info, config
-    self.stop = config.exactness_check_action == 'stop'
-    self.fn = jax.jit(reconstruction_and_grads, static_argnums=0)
-
-  def check(self, params, images, labels, perm, step) -> int:
-    c, info = self.config, self.info
-    # A whole training batch: whether XLA compiles h reproducibly can depend on the
-    # shapes (a LayerNorm over 2,080 rows was reproducible where one over 8,320 was not).
-    idx = perm[:c.batch_size]
+  def __init__(self, model, ds_info, config, seeds):
+    c = config
+    self.stop = c.exactness_check_action == 'stop'
+    self.exact = c.model.variant in EXACT_VARIANTS
     dtype = jnp.bfloat16 if c.bf16 else jnp.float32
-    x = data.normalize(images[idx], info['mean'], info['std'], dtype)
-    _, model_key = steps.step_keys(c.seed, step)
-    mismatches, errors, _ = self.fn(self.model, params, x, labels[idx], model_key)
-    n = int(jnp.sum(mismatches)) if c.model.variant in ('bdia', 'momentum') else 0
+
+    def mismatches(params, seed, images, labels, perm, step):
+      # A whole training batch: whether XLA compiles h reproducibly can depend on the
+      # shapes (a LayerNorm over 2,080 rows was reproducible where one over 8,320 was not).
+      idx = perm[:c.batch_size]
+      x = data.normalize(images[idx], ds_info['mean'], ds_info['std'], dtype)
+      _, model_key = steps.step_keys(seed, step)
+      return jnp.sum(reconstruction_and_grads(model, params, x, labels[idx], model_key)[0])
+
+    self.fn = jax.jit(steps.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None)))
+
+  def check(self, params, seeds, images, labels, perm, step) -> int:
+    """The number of differently rebuilt elements, summed over the models."""
+    n = int(np.sum(self.fn(params, seeds, images, labels, perm, step))) if self.exact else 0
     if n:
       msg = (f'exactness check at step {step}: {n} activation elements were rebuilt '
              'differently from the forward pass; run python -m vit_jax.verify on this machine')
       if self.stop:
-        from vit_jax.train_lib import TrainingError
         raise TrainingError(msg)
       log.warning('%s', msg)
     return n
