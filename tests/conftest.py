@@ -4,7 +4,9 @@ JAX compilation dominates the test time on CPU, so models are tiny (8x8 images, 
 5 tokens of width 16) and parameters are initialised once per architecture at depth
 ``INIT_DEPTH`` and sliced: a stack's blocks are independent draws on a leading depth axis,
 so the first ``d`` blocks of a deep init are a valid depth-``d`` init (re-initialising at
-every depth would compile the vmapped init again for each depth, ~5 s each).
+every depth would compile the vmapped init again for each depth, ~5 s each). In-process
+tests share a persistent compilation cache (one per pytest session, as the subprocesses
+do): training runs that differ only by their seed compile one program.
 """
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,14 @@ BATCH = 2
 INIT_DEPTH = 12     # deepest stack the tests use with real parameters
 
 _PARAMS = {}
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  for name, value in (('jax_compilation_cache_dir', str(tmp_path_factory.getbasetemp() / 'jax_cache')),
+                      ('jax_persistent_cache_min_compile_time_secs', 0),
+                      ('jax_persistent_cache_min_entry_size_bytes', 0)):
+    jax.config.update(name, value)
 
 
 def tiny_model(variant: str = 'vit', depth: int = 2, dtype=jnp.float32, **kw) -> model.ViT:

@@ -119,22 +119,46 @@ def test_bench_rejects_an_unknown_variant():
 
 
 def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
+  """Two seeds a variant in one program (the default), then one by one: the same report."""
   data = tmp_path / 'data'
   make_image_folder(data, classes=3, train=16, test=4)
-  args = ['--dataset', f'folder:{data}', '--variants', 'vit,bdia', '--seeds', '1',
-          '--workdir', str(tmp_path / 'cmp'), '--config.num_epochs=1', '--config.batch_size=8',
+  args = ['--dataset', f'folder:{data}', '--variants', 'vit,bdia', '--seeds', '2',
+          '--config.num_epochs=1', '--config.batch_size=8',
           '--config.progress_bar=False', '--config.tensorboard=False',
           '--config.model.num_classes=3', *TINY]
-  compare.main(args)
-  report = (tmp_path / 'cmp' / 'report' / 'results.md').read_text()
+  parallel, sequential = tmp_path / 'parallel', tmp_path / 'sequential'
+  compare.main([*args, '--workdir', str(parallel)])
+  report = (parallel / 'report' / 'results.md').read_text()
   assert '| vit |' in report and '| bdia |' in report
   for name in ('vit', 'bdia'):
-    summary = json.loads((tmp_path / 'cmp' / name / 'seed0' / 'summary.json').read_text())
-    assert summary['finished'] and summary['variant'] == name
+    for seed in (0, 1):
+      summary = json.loads((parallel / name / 'seeds0-1' / f'seed{seed}' / 'summary.json')
+                           .read_text())
+      assert summary['finished'] and (summary['variant'], summary['seed']) == (name, seed)
   capsys.readouterr()
-  compare.main(args + ['--target-acc', '1'])  # everything finished: nothing is trained again
+  compare.main([*args, '--workdir', str(parallel), '--target-acc', '1'])  # nothing trains again
   assert capsys.readouterr().out.count('finished, skipped') == 2
-  assert 'Target: 1 % (folder:' in (tmp_path / 'cmp' / 'report' / 'results.md').read_text()
+  assert 'Target: 1 % (folder:' in (parallel / 'report' / 'results.md').read_text()
+
+  compare.main([*args, '--workdir', str(sequential), '--parallel-seeds', '1', '--target-acc', '1'])
+  assert (sequential / 'bdia' / 'seed1' / 'summary.json').exists()
+  rows = {w: list(csv.DictReader(open(w / 'report' / 'results.csv'))) for w in (parallel, sequential)}
+  assert [r['label'] for r in rows[parallel]] == [r['label'] for r in rows[sequential]] == \
+      ['vit', 'bdia']
+  assert list(rows[parallel][0]) == list(rows[sequential][0])
+  for a, b in zip(rows[parallel], rows[sequential]):
+    assert (a['n_seeds'], a['seeds'], a['n_finished']) == (b['n_seeds'], b['seeds'],
+                                                           b['n_finished']) == ('2', '0;1', '2')
+    for column in ('best_val_acc_pct_mean', 'final_val_acc_pct_mean'):
+      assert math.isclose(float(a[column]), float(b[column]), abs_tol=1e-3), column
+  pictures = lambda w: sorted(p.name for p in (w / 'report').glob('*.png'))
+  assert pictures(parallel) == pictures(sequential) and pictures(parallel)
+
+
+def test_compare_rejects_a_bad_parallel_seeds_value():
+  for value in ('0', 'many'):
+    with pytest.raises(SystemExit):
+      compare.main(['--dataset', 'folder:/nowhere', '--workdir', '/tmp/x', '--parallel-seeds', value])
 
 
 def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):

@@ -78,6 +78,8 @@ def group_runs(runs: Sequence[dict], ignore: Sequence[str] = ()) -> list[dict]:
     groups.setdefault(key, {'flat': flat, 'variant': run['variant'], 'dataset': run['dataset'],
                             'runs': []})['runs'].append(run)
   groups = list(groups.values())
+  for g in groups:  # by seed, wherever a run's folder is (seed-parallel runs nest theirs)
+    g['runs'].sort(key=lambda r: (r['seed'] is None, r['seed'] or 0, r['dir']))
   top = {k for g in groups if g['flat'] for k in g['flat'] if '.' not in k}
   short = lambda k: k[6:] if k.startswith('model.') and k[6:] not in top else k  # model.depth
   for variant in {g['variant'] for g in groups}:
