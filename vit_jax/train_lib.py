@@ -35,17 +35,6 @@ from vit_jax.train_loop import Progress, TrainLoop
 log = logging.getLogger(__name__)
 
 
-def peak_memory(compiled) -> tuple[float, str]:
-  """The device's peak bytes in use where it says, else XLA's buffer assignment, in MiB."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'] / 2**20, 'device_peak'
-  m = compiled.memory_analysis()
-  total = (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-           - m.alias_size_in_bytes)
-  return total / 2**20, 'compiled_analysis'
-
-
 @dataclasses.dataclass
 class Run:
   """What the loop needs of a run: its config, data, devices and where it writes."""
@@ -59,11 +48,10 @@ class Run:
   signals: Signals
   primary: bool              # this process writes files
   folders: list              # metrics_io.ModelFolder per model
-  eval_step: Any = None
+  eval_step: Any = None      # the rest is set when training starts
   images: Any = None         # the training set on the device(s)
   labels: Any = None
   seeds_on_device: Any = None
-  peak_memory = staticmethod(peak_memory)
 
   @property
   def n_train(self) -> int:
