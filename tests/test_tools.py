@@ -26,6 +26,14 @@ def test_verify_passes_on_the_exact_engine():
   assert report['grad_rel_error_max'] < 1e-4
 
 
+def test_verify_checks_a_seed_parallel_program():
+  c = tiny_config('momentum')
+  c.parallel_seeds = 3
+  report = verify.run(c, batch_size=4)
+  assert report['ok'] and report['models'] == 3, report
+  assert sum(map(sum, report['mismatches'])) == 0 and len(report['mismatches']) == 2
+
+
 def test_verify_fails_when_the_inverse_is_broken(monkeypatch):
   good = variants.make_variant('bdia')
   c = good.couplings[0]
@@ -41,20 +49,28 @@ def test_verify_fails_when_the_inverse_is_broken(monkeypatch):
 def test_bench_writes_a_well_formed_table(tmp_path, capsys):
   out = tmp_path / 'bench.csv'
   bench.main(['--variants', 'vit,bdia', '--depths', '1', '--batch-sizes', '4', '--steps', '1',
-              '--warmup', '1', '--csv', str(out), *TINY_WIDTH])
+              '--warmup', '1', '--parallel-seeds', '1,2', '--csv', str(out), *TINY_WIDTH])
   rows = list(csv.DictReader(open(out)))
-  assert [r['variant'] for r in rows] == ['vit', 'bdia']
+  assert [(r['variant'], r['parallel_seeds']) for r in rows] == [
+      ('vit', '1'), ('bdia', '1'), ('vit', '2'), ('bdia', '2')]
   assert set(bench.COLUMNS) <= set(rows[0])
-  assert float(rows[0]['memory_ratio_vs_vit']) == 1.0
+  assert float(rows[0]['memory_ratio_vs_vit']) == float(rows[2]['memory_ratio_vs_vit']) == 1.0
   assert 0 < float(rows[1]['memory_ratio_vs_vit'])
   assert all(float(r['step_time_ms']) > 0 and r['status'] == 'ok' for r in rows)
   assert all(0 < float(r['temp_mib']) < float(r['compiled_memory_mib']) for r in rows)
+  for r in rows:  # images/s counts every model of the program
+    k = int(r['parallel_seeds'])
+    assert math.isclose(float(r['images_per_s']), k * 4 / float(r['step_time_ms']) * 1e3,
+                        rel_tol=0.01)
+    assert math.isclose(float(r['step_time_per_model_ms']), float(r['step_time_ms']) / k,
+                        rel_tol=0.01)
+  assert float(rows[2]['state_mib']) == 2 * float(rows[0]['state_mib'])
   # --max-depth's abstract lowering (no arrays) needs what the real step needed.
   from vit_jax import max_depth
   abstract = max_depth.compiled_memory_mib('bdia', 1, 4, TINY_WIDTH)
   assert round(abstract, 1) == float(rows[1]['compiled_memory_mib'])
   table = capsys.readouterr().out.strip().splitlines()
-  assert table[0].startswith('| variant |') and len(table) == 4
+  assert table[0].startswith('| variant |') and len(table) == 6
 
 
 def test_model_flops_match_xla_cost_of_the_forward_pass():
@@ -153,6 +169,25 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
       assert math.isclose(float(a[column]), float(b[column]), abs_tol=1e-3), column
   pictures = lambda w: sorted(p.name for p in (w / 'report').glob('*.png'))
   assert pictures(parallel) == pictures(sequential) and pictures(parallel)
+
+
+LINEAR = lambda k: 100 + 40 * k
+CONVEX = lambda k: 100 + 40 * k + 30 * k * k  # extrapolation overshoots: halve to fit
+
+
+@pytest.mark.parametrize('seeds, memory, limit, expected', [
+    (8, LINEAR, (100 + 3.5 * 40) / 0.9, 3),  # room for 3.5 models: 3
+    (2, LINEAR, (100 + 3.5 * 40) / 0.9, 2),  # never more than the seeds asked for
+    (8, LINEAR, 139 / 0.9, 1),               # not even one fits: 1, and training says so
+    (8, CONVEX, 1000 / 0.9, 3),              # 7 extrapolated, 1,850 MiB: halved to 3
+])
+def test_compare_auto_fits_as_many_seeds_as_the_memory_holds(seeds, memory, limit, expected):
+  """--parallel-seeds auto; the real compiled memory per model is checked in the bench test."""
+  tried = []
+  measure = lambda k: tried.append(k) or memory(k)
+  assert compare.fitting_seeds(seeds, measure, limit) == expected
+  assert expected == 1 or memory(expected) <= 0.9 * limit
+  assert len(tried) <= 4
 
 
 def test_compare_rejects_a_bad_parallel_seeds_value():

@@ -43,25 +43,28 @@ def seed_groups(seeds: int, per_program: int) -> list[tuple[int, int]]:
   return [(s, min(per_program, seeds - s)) for s in range(0, seeds, per_program)]
 
 
-def fitting_seeds(config, seeds: int, limit_mib: float | None = None) -> int:
-  """How many seeds of ``config`` fit in one program: 1..``seeds``, from compiled memory.
+def fitting_seeds(seeds: int, memory_at, limit_mib: float) -> int:
+  """How many models fit in one program: 1..``seeds``.
 
-  Compiles the program for 1 and 2 models (abstract shapes, nothing allocated),
-  extrapolates linearly to 90 % of the device's memory limit (the data set and the
-  allocator need the rest), then compiles that count to confirm, halving until it fits.
+  ``memory_at``: number of models -> MiB. Measures 1 and 2 models, extrapolates linearly
+  to 90 % of ``limit_mib`` (the data set and the allocator need the rest), then confirms
+  that count, halving it until it fits.
   """
-  from vit_jax import bench, max_depth  # pylint: disable=import-outside-toplevel
-  limit = 0.9 * max_depth.memory_limit_mib(limit_mib)[0]
-  memory = lambda k: bench.compiled_memory_mib(
-      bench.compile_train_step(_with_models(config, k))[0])
-  one = memory(1)
+  limit = 0.9 * limit_mib
+  one = memory_at(1)
   if seeds == 1 or one > limit:
     return 1
-  per_model = max(memory(2) - one, 1e-3)
+  per_model = max(memory_at(2) - one, 1e-3)
   k = int(min(seeds, max(1, 1 + (limit - one) // per_model)))
-  while k > 2 and memory(k) > limit:
+  while k > 2 and memory_at(k) > limit:
     k //= 2
   return k
+
+
+def program_memory(config):
+  """models -> MiB: XLA's memory for ``config``'s training program (compile only)."""
+  from vit_jax import bench  # pylint: disable=import-outside-toplevel
+  return lambda k: bench.compiled_memory_mib(bench.compile_train_step(_with_models(config, k))[0])
 
 
 def _with_models(config, k: int):
@@ -97,7 +100,7 @@ def main(argv=None):
     p.error('--config.seed and --config.parallel_seeds are set by --seeds and --parallel-seeds')
   if report.target_acc_error(args.target_acc):
     p.error(report.target_acc_error(args.target_acc))
-  from vit_jax import checkpoints, data, train_lib, validate
+  from vit_jax import checkpoints, data, max_depth, train_lib, validate
   try:
     run_config(names[0], args.dataset, 0, overrides)
   except ValueError as e:
@@ -105,7 +108,8 @@ def main(argv=None):
   try:
     for name in names:
       base = run_config(name, args.dataset, 0, overrides)
-      k = fitting_seeds(base, args.seeds) if per_program == 'auto' else int(per_program)
+      k = int(per_program) if per_program != 'auto' else fitting_seeds(
+          args.seeds, program_memory(base), max_depth.memory_limit_mib()[0])
       if per_program == 'auto':
         print(f'{name}: {k} seeds fit in one program', flush=True)
       for first, n in seed_groups(args.seeds, k):
