@@ -2,8 +2,10 @@
 
 One subprocess per variant trains seeds 0-2 in one program and seeds 0 and 2 alone, with
 9 training images and a batch of 8 (one step an epoch, so metrics.csv holds every step's
-loss) for 20 steps, with dropout, SET-Adam and BDIA's γ. A third process is the same
-parallel run, killed by SIGKILL after a checkpoint and resumed through train.py.
+loss) for 20 steps, with dropout, SET-Adam and BDIA's γ. vit runs its models one after
+another in the program (the CPU default), bdia vectorised by one vmap (the GPU default,
+``vmap_seeds=3``). A third process is the bdia run, killed by SIGKILL after a checkpoint
+and resumed through train.py.
 """
 import os
 import signal
@@ -39,7 +41,9 @@ def runs(tmp_path_factory):
   th.make_image_folder(tmp / 'data', train=3, test=2)
   env = th.cli_env(tmp_path_factory.getbasetemp() / 'jax_cache')
   overrides = [f'--config.dataset=folder:{tmp / "data"}', *RUN]
-  jobs = [([sys.executable, '-c', SCRIPT, v, str(tmp), *overrides], env) for v in VARIANTS]
+  vmap = {'vit': [], 'bdia': ['--config.vmap_seeds=3']}
+  jobs = [([sys.executable, '-c', SCRIPT, v, str(tmp), *overrides, *vmap[v]], env)
+          for v in VARIANTS]
   for result in th.run_all(jobs):
     assert result.returncode == 0, result.stderr
   return tmp, env, overrides
@@ -78,8 +82,9 @@ def test_each_parallel_model_trains_as_its_single_seed_run(runs, variant):
 def test_parallel_run_killed_and_resumed_is_bit_identical(runs):
   tmp, env, overrides = runs
   work, reference = tmp / 'killed', tmp / 'bdia_parallel'
-  cmd = th.train_cmd(work, *overrides, '--config.parallel_seeds=3',  # checkpoint settings
-                     '--config.checkpoint_every_steps=2', config='configs/bdia_cifar10.py')  # may change
+  cmd = th.train_cmd(work, *overrides, '--config.parallel_seeds=3', '--config.vmap_seeds=3',
+                     '--config.checkpoint_every_steps=2',  # checkpoint settings may change
+                     config='configs/bdia_cifar10.py')
   proc = th.start(cmd, env)
   ckpts = work / 'checkpoints'
   t0 = time.time()
@@ -114,7 +119,7 @@ def test_one_models_nan_stops_that_model_only(tmp_path, monkeypatch):
   c = presets.preset('vit', 'cifar10')
   presets.apply_overrides(c, [f'--config.dataset=folder:{data}', *th.TINY,
                               '--config.num_epochs=2'])
-  c.parallel_seeds = 3
+  c.parallel_seeds, c.vmap_seeds = 3, 3  # vectorised: the step's cond becomes a select
   with pytest.raises(train_lib.TrainingError, match=r'1 of 3 models stopped: seed 1: loss or '
                      r'gradients became NaN/Inf at step 1 \(epoch 1'):
     train_lib.train_and_evaluate(c, str(tmp_path / 'run'))

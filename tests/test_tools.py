@@ -6,7 +6,7 @@ import math
 import pytest
 
 from tests.train_helpers import make_image_folder
-from vit_jax import bench, compare, presets, variants, verify
+from vit_jax import bench, compare, presets, steps, variants, verify
 
 TINY_WIDTH = ['--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
               '--config.model.mlp_dim=32', '--config.model.image_size=8']
@@ -28,7 +28,7 @@ def test_verify_passes_on_the_exact_engine():
 
 def test_verify_checks_a_seed_parallel_program():
   c = tiny_config('momentum')
-  c.parallel_seeds = 3
+  c.parallel_seeds, c.vmap_seeds = 3, 3  # vectorised, as on a GPU
   report = verify.run(c, batch_size=4)
   assert report['ok'] and report['models'] == 3, report
   assert sum(map(sum, report['mismatches'])) == 0 and len(report['mismatches']) == 2
@@ -208,11 +208,12 @@ def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):
   labels, perm, seed = jnp.arange(8) % 3, jnp.arange(8), np.int32(0)
   m = model_lib.build(c)
   params = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  assert verify.ExactnessGuard(m, info, c, seed).check(params, seed, images, labels, perm, 1) == 0
+  guard = lambda: verify.ExactnessGuard(m, info, c, seed, steps.make_mesh())
+  assert guard().check(params, seed, images, labels, perm, 1) == 0
   good = variants.make_variant('bdia')
   cp = good.couplings[0]
   broken = good._replace(couplings=(cp._replace(inverse=lambda *a: cp.inverse(*a) + 2.0 ** -9),))
   monkeypatch.setattr(variants, 'make_variant', lambda *a, **k: broken)
   c.batch_size = 3  # another shape, so that jit traces the broken stack instead of reusing
   with pytest.raises(train_lib.TrainingError, match='rebuilt differently'):
-    verify.ExactnessGuard(m, info, c, seed).check(params, seed, images, labels, perm, 2)
+    guard().check(params, seed, images, labels, perm, 2)

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 128              # global batch, split over all devices
   c.eval_batch_size = 500
   c.parallel_seeds = 1            # N > 1: train seeds seed..seed+N-1 as N models in one program
+  c.vmap_seeds = 0                # of those, how many one jax.vmap covers; 0 = all on GPU, 1 on CPU
   c.steps_per_dispatch = 0        # steps per device loop; 0 = about 2 s of steps (measured)
 
   c.optimizer = 'setadam'         # 'setadam' | 'adamw' | 'sgd'

@@ -25,7 +25,7 @@ from vit_jax.run_reader import default_targets, find_run_dirs, load_run, time_to
 # Config fields that do not change what is trained (dotted key or last component, fnmatch).
 IGNORED_KEYS = ('seed', 'workdir', 'data_dir', 'progress_bar', 'log_every_steps',
                 'checkpoint_*', 'keep_checkpoints', 'exactness_check_every_steps',
-                'distributed', 'parallel_seeds', 'steps_per_dispatch')
+                'distributed', 'parallel_seeds', 'steps_per_dispatch', 'vmap_seeds')
 VARIANT_ORDER = ('vit', 'remat', 'revvit', 'bdia', 'momentum')
 CSV_FIELDS = ('label', 'variant', 'dataset', 'n_seeds', 'seeds', 'n_finished', 'epochs_min',
               'epochs_max', 'planned_epochs', 'best_val_acc_pct_mean', 'best_val_acc_pct_std',

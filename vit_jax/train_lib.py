@@ -162,7 +162,7 @@ def _train(run, model, info, init, restored):
   if config.exactness_check_every_steps and model_lib.variants.make_variant(
       config.model.variant).reversible:
     from vit_jax import verify  # only needed for reversible runs that ask for it
-    guard = verify.ExactnessGuard(model, info, config, run.seeds)
+    guard = verify.ExactnessGuard(model, info, config, run.seeds, run.mesh)
   if restored:
     run.signals.last_checkpoint = f'the last checkpoint is step {start} in {run.ckpt.directory}'
   loop = TrainLoop(run, compiled, state, sums, progress, guard)

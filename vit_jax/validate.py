@@ -19,7 +19,7 @@ SCHEDULES = ('cosine', 'constant')
 DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
 RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',
-                     'steps_per_dispatch',
+                     'steps_per_dispatch', 'vmap_seeds',
                      'checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
                      'exactness_check_every_steps', 'exactness_check_action', 'on_nonfinite', 'eval_batch_size',
                      'data_dir', 'distributed')
@@ -69,8 +69,7 @@ def check_config(config, num_devices: int | None = None) -> None:
     _number(config, field, numbers.Integral)
   for field in ('checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
                 'log_every_steps', 'exactness_check_every_steps', 'train_examples',
-                'steps_per_dispatch',
-                'eval_examples'):
+                'steps_per_dispatch', 'vmap_seeds', 'eval_examples'):
     _number(config, field, numbers.Integral, allow_zero=True)
   _number(config, 'learning_rate')
   _number(config, 'seed', numbers.Integral, allow_zero=True)

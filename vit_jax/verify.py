@@ -69,9 +69,10 @@ def relative_errors(grads, ref) -> dict[str, float]:
 def run(config, batch_size=None, seed=0) -> dict:
   """Runs the check for ``config``; returns a JSON-able report with ``ok``.
 
-  With ``config.parallel_seeds`` = N > 1 it checks N models in one vmapped program, as
-  seed-parallel training runs them (each its own parameters and keys, the same images);
-  mismatches are then summed, errors maximised over the models.
+  With ``config.parallel_seeds`` = N > 1 it checks N models in one program, vectorised as
+  seed-parallel training runs them (``steps.seeds_per_vmap``; each model its own
+  parameters and keys, the same images); mismatches are then summed, errors maximised
+  over the models.
   """
   model = model_lib.build(config)
   m = config.model
@@ -82,8 +83,9 @@ def run(config, batch_size=None, seed=0) -> dict:
                              model.dtype)
   labels = jax.random.randint(k_lab, (b,), 0, m.num_classes)
   models = None if n == 1 else np.arange(n)  # the model axis, as steps.over_models reads it
+  per_vmap = steps.seeds_per_vmap(config, steps.make_mesh())  # as training runs them
   per_model = lambda f: jax.jit(steps.over_models(functools.partial(f, model), models,
-                                                  in_axes=(0, None, None, 0)))
+                                                  in_axes=(0, None, None, 0), per_vmap=per_vmap))
   init_keys, drop_keys = (k_init, k_drop) if n == 1 else (
       jax.random.split(k_init, n), jax.random.split(k_drop, n))
   params = jax.jit(steps.over_models(lambda k: model.init(k, images[:1])['params'], models))(
@@ -125,7 +127,7 @@ def print_report(r: dict, out=sys.stdout) -> None:
 class ExactnessGuard:
   """During training: every N steps, rebuild one batch's activations per model and compare."""
 
-  def __init__(self, model, ds_info, config, seeds):
+  def __init__(self, model, ds_info, config, seeds, mesh):
     c = config
     self.stop = c.exactness_check_action == 'stop'
     self.exact = c.model.variant in EXACT_VARIANTS
@@ -139,7 +141,8 @@ class ExactnessGuard:
       _, model_key = steps.step_keys(seed, step)
       return jnp.sum(reconstruction_and_grads(model, params, x, labels[idx], model_key)[0])
 
-    self.fn = jax.jit(steps.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None)))
+    self.fn = jax.jit(steps.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None),
+                                        per_vmap=steps.seeds_per_vmap(c, mesh)))
 
   def check(self, params, seeds, images, labels, perm, step) -> int:
     """The number of differently rebuilt elements, summed over the models."""
