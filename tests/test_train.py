@@ -1,5 +1,6 @@
 """train_and_evaluate in-process: config files, a 2-step run and its files, MNIST for real."""
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -138,3 +139,19 @@ def test_missing_tensorboard_is_one_warning_not_an_error(tmp_path, monkeypatch, 
   tb.scalars(1, {'loss': 1.0})
   assert tb.writer is None and 'no TensorBoard events (' in caplog.text
   assert '--config.tensorboard=False' in caplog.text
+
+
+def test_presets_augment_as_the_original():
+  """CIFAR-10: random crops (padding 4) and flips; MNIST: flips and no crop."""
+  from vit_jax import data, steps
+  digits = data.Dataset('mnist', *(np.zeros((2, 8, 8, 1), np.uint8), np.zeros(2, np.int32)) * 2,
+                        data.MNIST_CLASSES, data.MNIST_MEAN, data.MNIST_STD, flip=False)
+  mnist, cifar = presets.preset('vit', 'mnist'), presets.preset('vit', 'cifar10')
+  mnist.batch_size = cifar.batch_size = 1
+  assert {k: steps.dataset_info(digits, mnist)[k] for k in ('flip', 'crop_padding')} == \
+      {'flip': True, 'crop_padding': 0}
+  # 'auto' leaves single-channel images unflipped; 'no' never flips
+  assert steps.dataset_info(digits, cifar)['flip'] is False
+  assert steps.dataset_info(digits, cifar)['crop_padding'] == 4
+  cifar.random_flip = 'no'
+  assert steps.dataset_info(dataclasses.replace(digits, flip=True), cifar)['flip'] is False

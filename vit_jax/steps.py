@@ -139,6 +139,7 @@ def make_train_step(model, ds_info: dict, config, mesh):
   """
   batch = config.batch_size
   mean, std, flip = ds_info['mean'], ds_info['std'], ds_info['flip']
+  pad = ds_info.get('crop_padding', 4)
   dtype = jnp.bfloat16 if config.bf16 else jnp.float32
   n_classes, smoothing = config.model.num_classes, config.label_smoothing
   steps_per_epoch = ds_info['steps_per_epoch']
@@ -154,7 +155,7 @@ def make_train_step(model, ds_info: dict, config, mesh):
     idx = jax.lax.dynamic_slice(perm, ((step % steps_per_epoch) * batch,), (batch,))
     idx = jax.lax.with_sharding_constraint(idx, batch_sharded(mesh))
     aug_key, model_key = step_keys(seed, step)
-    x = data.normalize(data.augment(aug_key, images[idx], flip=flip), mean, std, dtype)
+    x = data.normalize(data.augment(aug_key, images[idx], flip=flip, pad=pad), mean, std, dtype)
     y = labels[idx]
     (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, x, y, model_key)
@@ -246,5 +247,13 @@ def evaluate(eval_step, params, images: np.ndarray, labels: np.ndarray, batch: i
 
 
 def dataset_info(ds, config) -> dict[str, Any]:
-  return dict(mean=tuple(ds.mean), std=tuple(ds.std), flip=ds.flip,
+  """Normalisation, augmentation and epoch length of ``ds`` as ``config`` trains on it.
+
+  ``config.random_flip``: 'auto' flips where the data set allows it (not single-channel
+  images such as digits), 'yes' or 'no' decide; ``config.random_crop_padding``: zero
+  padding before the random crop (0: no crop).
+  """
+  flip = ds.flip if config.get('random_flip', 'auto') == 'auto' else config.random_flip == 'yes'
+  return dict(mean=tuple(ds.mean), std=tuple(ds.std), flip=flip,
+              crop_padding=config.get('random_crop_padding', 4),
               steps_per_epoch=len(ds.train_labels) // config.batch_size)

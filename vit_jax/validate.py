@@ -57,6 +57,7 @@ def check_config(config, num_devices: int | None = None) -> None:
   _choice(config.optimizer, 'optimizer', OPTIMIZERS)
   _choice(config.schedule, 'schedule', SCHEDULES)
   _choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
+  _choice(config.random_flip, 'random_flip', ('auto', 'yes', 'no'))
   _choice(config.exactness_check_action, 'exactness_check_action', ('warn', 'stop'))
   ds = config.dataset
   kind, sep, path = ds.partition(':') if isinstance(ds, str) else ('', '', '')
@@ -69,7 +70,7 @@ def check_config(config, num_devices: int | None = None) -> None:
     _number(config, field, numbers.Integral)
   for field in ('checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
                 'log_every_steps', 'exactness_check_every_steps', 'train_examples',
-                'steps_per_dispatch', 'vmap_seeds', 'eval_examples'):
+                'steps_per_dispatch', 'vmap_seeds', 'eval_examples', 'random_crop_padding'):
     _number(config, field, numbers.Integral, allow_zero=True)
   _number(config, 'learning_rate')
   _number(config, 'seed', numbers.Integral, allow_zero=True)
