@@ -35,10 +35,13 @@ def main(argv):
     cli.fail(prog, '--workdir is required (a folder for checkpoints and metrics)')
   if args.config.get('distributed'):
     _init_distributed(prog)  # before anything else touches JAX
-  from vit_jax import data, validate  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import data, validate, workdir_lock  # pylint: disable=g-import-not-at-top
   try:  # Before the heavier imports: a bad value is reported in about a second.
     validate.check_config(args.config)
     validate.check_workdir(args.config, args.workdir, args.fresh)
+    if not args.config.get('distributed') or jax.process_index() == 0:
+      workdir_lock.check(args.workdir)  # another run in it: refused (train_lib locks it)
   except validate.ConfigError as e:
     cli.fail(prog, str(e))
   from vit_jax import checkpoints, train_lib  # pylint: disable=g-import-not-at-top

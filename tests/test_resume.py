@@ -56,14 +56,23 @@ def cmd(tmp, workdir, *extra, **kw):
 
 @pytest.fixture(scope='module')
 def cold(tmp, env):
-  """The two runs that compile a new program, side by side: the reference and the NaN run."""
-  ref, nan = th.run_all([(cmd(tmp, tmp / 'ref'), env), (cmd(tmp, tmp / 'nan', *NAN), env)])
-  assert ref.returncode == 0, ref.stderr
-  return {'ref': tmp / 'ref', 'nan': nan}
+  """The two runs that compile a new program, side by side: the reference and the NaN run.
+
+  While the reference holds its workdir, the same command is started again, plainly and
+  with --fresh: both must be refused (they take a second each, the reference compiles).
+  """
+  ref, nan = th.start(cmd(tmp, tmp / 'ref'), env), th.start(cmd(tmp, tmp / 'nan', *NAN), env)
+  lock = tmp / 'ref' / '.lock'
+  _wait_for(lambda: lock.exists() and lock.read_text(), ref)
+  again = th.run_all([(cmd(tmp, tmp / 'ref'), env), (cmd(tmp, tmp / 'ref', '--fresh'), env)])
+  overlapped = ref.poll() is None
+  return {'ref': tmp / 'ref', 'nan': th.finish(nan), 'again': again, 'overlapped': overlapped,
+          'ref_pid': ref.pid, 'ref_result': th.finish(ref)}
 
 
 @pytest.fixture(scope='module')
 def reference(cold):
+  assert cold['ref_result'].returncode == 0, cold['ref_result'].stderr
   return cold['ref']
 
 
@@ -89,6 +98,20 @@ def test_uninterrupted_run_writes_everything(reference):
   assert summary['compile_time_s'] > 0 and summary['last_checkpoint_step'] == 18
   assert [r[:2] for r in th.metric_rows(reference)] == [('1', '6'), ('2', '12'), ('3', '18')]
   assert th.metrics_io.read_json(reference / 'config.json')['num_epochs'] == 3
+
+
+def test_second_run_on_a_live_workdir_is_refused(tmp, cold):
+  for result in cold['again']:  # the same command, then with --fresh
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == th.error_lines(result.stderr)
+    (line,) = th.error_lines(result.stderr)
+    assert line.startswith(f'train.py: error: workdir {tmp / "ref"} is in use by another run '
+                           f'(pid {cold["ref_pid"]} on '), line
+  assert cold['overlapped'], 'the reference ended before the second runs were refused'
+  # Only the reference wrote: each epoch once, nothing moved aside by --fresh.
+  assert cold['ref_result'].returncode == 0, cold['ref_result'].stderr
+  assert [r[:2] for r in th.metric_rows(cold['ref'])] == [('1', '6'), ('2', '12'), ('3', '18')]
+  assert not [p for p in tmp.iterdir() if p.name.startswith('ref.old-')]
 
 
 def test_sigkill_mid_save_then_resume_is_bit_identical(tmp, env, reference):

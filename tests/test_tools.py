@@ -2,11 +2,12 @@
 import csv
 import json
 import math
+import os
 
 import pytest
 
 from tests.train_helpers import make_image_folder
-from vit_jax import bench, compare, presets, variants, verify
+from vit_jax import bench, compare, presets, variants, verify, workdir_lock
 
 TINY_WIDTH = ['--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
               '--config.model.mlp_dim=32', '--config.model.image_size=8']
@@ -135,6 +136,19 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
   compare.main(args + ['--target-acc', '1'])  # everything finished: nothing is trained again
   assert capsys.readouterr().out.count('finished, skipped') == 2
   assert 'Target: 1 % (folder:' in (tmp_path / 'cmp' / 'report' / 'results.md').read_text()
+
+  # A run another process holds is reported in one line and left alone; the rest go on.
+  vit = tmp_path / 'cmp' / 'vit' / 'seed0'
+  (vit / 'summary.json').unlink()  # unfinished as far as compare can tell
+  with workdir_lock.WorkdirLock(str(vit)) as held:
+    held.acquire()
+    with pytest.raises(SystemExit) as stop:
+      compare.main(args)
+  out, err = capsys.readouterr()
+  assert stop.value.code == 2 and out.count('finished, skipped') == 1  # bdia
+  assert f'compare: skipped: workdir {vit} is in use by another run (pid {os.getpid()} on ' in err
+  assert f'1 run(s) in use by another process were not trained ({vit})' in err
+  assert not (vit / 'summary.json').exists()
 
 
 def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):

@@ -5,7 +5,9 @@
 
 Each run goes to ``WORKDIR/<variant>/seed<k>`` and is an ordinary train.py run: a finished
 run is skipped, an interrupted one resumes. The report (``python -m vit_jax.report``) is
-written to ``WORKDIR/report``.
+written to ``WORKDIR/report``. A run whose workdir another process holds (``workdir_lock``)
+is left to that process: one line says so, the other runs go on, the report is written,
+and the exit status is 2 because the comparison is incomplete.
 """
 import argparse
 import os
@@ -51,11 +53,12 @@ def main(argv=None):
     p.error('--seeds must be >= 1')
   if report.target_acc_error(args.target_acc):
     p.error(report.target_acc_error(args.target_acc))
-  from vit_jax import checkpoints, data, train_lib, validate
+  from vit_jax import checkpoints, data, train_lib, validate, workdir_lock
   try:
     run_config(names[0], args.dataset, 0, overrides)
   except ValueError as e:
     p.error(str(e))
+  locked = []
   try:
     for seed in range(args.seeds):
       for name in names:
@@ -65,15 +68,26 @@ def main(argv=None):
           print(f'{workdir}: finished, skipped', flush=True)
           continue
         print(f'== {name}, seed {seed} -> {workdir}', flush=True)
-        train_lib.train_and_evaluate(config, workdir)
+        try:
+          train_lib.train_and_evaluate(config, workdir)
+        except workdir_lock.WorkdirLocked as e:
+          print(f'compare: skipped: {e}', file=sys.stderr, flush=True)
+          locked.append(workdir)
   except (validate.ConfigError, data.DataError, train_lib.TrainingError,
           checkpoints.CheckpointError) as e:
     p.exit(2, f'compare: error: {e}\n')
   except train_lib.Preempted as e:
     p.exit(75, f'compare: {e}\n')
-  report.build_report([args.workdir], os.path.join(args.workdir, 'report'),
-                      target_acc=args.target_acc)
-  print(f"report: {os.path.join(args.workdir, 'report', 'results.md')}")
+  try:
+    report.build_report([args.workdir], os.path.join(args.workdir, 'report'),
+                        target_acc=args.target_acc)
+    print(f"report: {os.path.join(args.workdir, 'report', 'results.md')}")
+  except SystemExit:
+    if not locked:  # with runs left to other processes there may be nothing to report yet
+      raise
+  if locked:
+    p.exit(2, f'compare: error: {len(locked)} run(s) in use by another process were not '
+              f'trained ({", ".join(locked)}); rerun when they are free\n')
 
 
 if __name__ == '__main__':

@@ -23,8 +23,11 @@ def write_json(path: str, obj) -> None:
 
 
 def move_aside(workdir: str) -> None:
-  """--fresh: renames a non-empty ``workdir`` to ``<workdir>.old-<time>``; deletes nothing."""
-  if os.path.exists(workdir) and os.listdir(workdir):
+  """--fresh: renames a non-empty ``workdir`` to ``<workdir>.old-<time>``; deletes nothing.
+
+  The lock file (``workdir_lock``) alone does not make a run.
+  """
+  if os.path.exists(workdir) and set(os.listdir(workdir)) - {'.lock'}:
     aside = f'{os.path.abspath(workdir).rstrip(os.sep)}.old-{time.strftime("%Y%m%d-%H%M%S")}'
     shutil.move(workdir, aside)
     log.warning('--fresh: moved the previous run to %s', aside)

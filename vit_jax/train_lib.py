@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vit_jax import checkpoints, cli, data, metrics_io, model as model_lib, optim, steps, validate
+from vit_jax import workdir_lock
 
 # Steps the host may queue ahead of the device: enough to keep an accelerator busy, few
 # enough that a SIGTERM (checked between dispatches) is honoured within a step or two.
@@ -105,15 +106,17 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None) 
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the summary.
 
   ``devices`` (default: all) form the one-axis data mesh. ``fresh`` moves an existing
-  run in ``workdir`` aside first.
+  run in ``workdir`` aside first. The run holds ``workdir``'s lock (process 0 only);
+  ``workdir_lock.WorkdirLocked`` if another run holds it.
   """
-  with _Signals() as signals:
-    return _run(config, workdir, fresh, list(devices or jax.devices()), signals)
+  with _Signals() as signals, workdir_lock.WorkdirLock(workdir, jax.process_index() == 0) as lock:
+    return _run(config, workdir, fresh, list(devices or jax.devices()), signals, lock)
 
 
-def _run(config, workdir, fresh, devices, signals):
+def _run(config, workdir, fresh, devices, signals, lock):
   validate.check_config(config, num_devices=len(devices))
   validate.check_workdir(config, workdir, fresh)
+  lock.acquire()  # an existing workdir: before anything is read from it or written
   ds = data.subset(data.load_dataset(config.dataset, config.data_dir),
                    config.train_examples, config.eval_examples)
   signals.check('while the data was loading')
@@ -137,6 +140,7 @@ def _run(config, workdir, fresh, devices, signals):
   if fresh and primary:
     metrics_io.move_aside(workdir)
   os.makedirs(workdir, exist_ok=True)
+  lock.acquire()  # a workdir just created, or the new one after --fresh
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   try:
     restored = ckpt.restore_latest(abstract)
