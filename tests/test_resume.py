@@ -3,7 +3,8 @@
 One uninterrupted reference run (3 epochs of 6 steps, a checkpoint every 2 steps) is
 compared bit for bit with runs that were killed (SIGKILL), preempted (SIGTERM), resumed
 from a corrupted latest checkpoint, or started over with --fresh. Faults injected: a
-SIGKILL and a SIGTERM at a checkpoint, truncated files and an empty step folder, a
+SIGKILL and a SIGTERM at a checkpoint, a SIGTERM while JAX is being imported, a second
+run on a live workdir, truncated files and an empty step folder, a
 learning rate of 1e30 (NaN), a config or checkpoint of another model, and a full disk
 (orbax's JSON writer raising ENOSPC, patched in the subprocess).
 """
@@ -150,6 +151,34 @@ def test_sigterm_saves_a_restorable_checkpoint(preempted):
   assert line.startswith(f'train.py: stopped: SIGTERM received: saved a checkpoint at step {step}')
   assert str(work / 'checkpoints') in line and 'rerun the same command to resume' in line
   assert int(train['state']['step']) == step and meta['steps_per_epoch'] == 6
+
+
+def _mapped(proc, library='/jaxlib/') -> bool:
+  """Whether ``proc`` has loaded ``library`` (Linux): a start-up stage one can observe."""
+  try:
+    with open(f'/proc/{proc.pid}/maps') as f:
+      return library in f.read()
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='needs /proc (Linux)')
+def test_sigterm_while_starting_stops_cleanly_then_resumes(tmp, env, reference, preempted):
+  work = tmp / 'early'
+  shutil.copytree(preempted[0], work)
+  before = th.tree_digest(work)
+  proc = th.start(cmd(tmp, work), env)
+  _wait_for(lambda: _mapped(proc), proc)  # JAX is being imported: seconds before training
+  proc.send_signal(signal.SIGTERM)
+  result = th.finish(proc)
+  assert result.returncode == 75, result.stderr
+  assert result.stderr.strip().splitlines() == th.error_lines(result.stderr)
+  (line,) = th.error_lines(result.stderr)
+  assert line.startswith('train.py: stopped: SIGTERM received while starting'), line
+  assert th.tree_digest(work) == before
+  resumed = th.run(cmd(tmp, work), env)
+  assert resumed.returncode == 0, resumed.stderr
+  _assert_same_as(reference, work)
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp, env, reference, preempted):
