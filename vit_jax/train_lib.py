@@ -139,7 +139,8 @@ def _run(config, workdir, fresh, devices, signals, lock):
   primary = jax.process_index() == 0
   if fresh and primary:
     metrics_io.move_aside(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if primary:  # the other processes write nothing (checkpoints.py: process 0 alone)
+    os.makedirs(workdir, exist_ok=True)
   lock.acquire()  # a workdir just created, or the new one after --fresh
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   try:
