@@ -81,7 +81,7 @@ def _wait_for(path_test, proc, timeout=120):
   t0 = time.time()
   while not path_test():
     assert proc.poll() is None, proc.communicate()[1]
-    assert time.time() - t0 < timeout, 'no checkpoint appeared'
+    assert time.time() - t0 < timeout, 'what the test waits for did not happen'
     time.sleep(0.005)
 
 
