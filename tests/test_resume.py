@@ -3,7 +3,8 @@
 One uninterrupted reference run (3 epochs of 6 steps, a checkpoint every 2 steps) is
 compared bit for bit with runs that were killed (SIGKILL), preempted (SIGTERM), resumed
 from a corrupted latest checkpoint, or started over with --fresh. Faults injected: a
-SIGKILL and a SIGTERM at a checkpoint, truncated files and an empty step folder, a
+SIGKILL and a SIGTERM at a checkpoint, a SIGTERM while JAX is being imported, a second
+run on a live workdir, truncated files and an empty step folder, a
 learning rate of 1e30 (NaN), a config or checkpoint of another model, and a full disk
 (orbax's JSON writer raising ENOSPC, patched in the subprocess).
 """
@@ -56,14 +57,23 @@ def cmd(tmp, workdir, *extra, **kw):
 
 @pytest.fixture(scope='module')
 def cold(tmp, env):
-  """The two runs that compile a new program, side by side: the reference and the NaN run."""
-  ref, nan = th.run_all([(cmd(tmp, tmp / 'ref'), env), (cmd(tmp, tmp / 'nan', *NAN), env)])
-  assert ref.returncode == 0, ref.stderr
-  return {'ref': tmp / 'ref', 'nan': nan}
+  """The two runs that compile a new program, side by side: the reference and the NaN run.
+
+  While the reference holds its workdir, the same command is started again, plainly and
+  with --fresh: both must be refused (they take a second each, the reference compiles).
+  """
+  ref, nan = th.start(cmd(tmp, tmp / 'ref'), env), th.start(cmd(tmp, tmp / 'nan', *NAN), env)
+  lock = tmp / 'ref' / '.lock'
+  _wait_for(lambda: lock.exists() and lock.read_text(), ref)
+  again = th.run_all([(cmd(tmp, tmp / 'ref'), env), (cmd(tmp, tmp / 'ref', '--fresh'), env)])
+  overlapped = ref.poll() is None
+  return {'ref': tmp / 'ref', 'nan': th.finish(nan), 'again': again, 'overlapped': overlapped,
+          'ref_pid': ref.pid, 'ref_result': th.finish(ref)}
 
 
 @pytest.fixture(scope='module')
 def reference(cold):
+  assert cold['ref_result'].returncode == 0, cold['ref_result'].stderr
   return cold['ref']
 
 
@@ -71,7 +81,7 @@ def _wait_for(path_test, proc, timeout=120):
   t0 = time.time()
   while not path_test():
     assert proc.poll() is None, proc.communicate()[1]
-    assert time.time() - t0 < timeout, 'no checkpoint appeared'
+    assert time.time() - t0 < timeout, 'what the test waits for did not happen'
     time.sleep(0.005)
 
 
@@ -89,6 +99,20 @@ def test_uninterrupted_run_writes_everything(reference):
   assert summary['compile_time_s'] > 0 and summary['last_checkpoint_step'] == 18
   assert [r[:2] for r in th.metric_rows(reference)] == [('1', '6'), ('2', '12'), ('3', '18')]
   assert th.metrics_io.read_json(reference / 'config.json')['num_epochs'] == 3
+
+
+def test_second_run_on_a_live_workdir_is_refused(tmp, cold):
+  for result in cold['again']:  # the same command, then with --fresh
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == th.error_lines(result.stderr)
+    (line,) = th.error_lines(result.stderr)
+    assert line.startswith(f'train.py: error: workdir {tmp / "ref"} is in use by another run '
+                           f'(pid {cold["ref_pid"]} on '), line
+  assert cold['overlapped'], 'the reference ended before the second runs were refused'
+  # Only the reference wrote: each epoch once, nothing moved aside by --fresh.
+  assert cold['ref_result'].returncode == 0, cold['ref_result'].stderr
+  assert [r[:2] for r in th.metric_rows(cold['ref'])] == [('1', '6'), ('2', '12'), ('3', '18')]
+  assert not [p for p in tmp.iterdir() if p.name.startswith('ref.old-')]
 
 
 def test_sigkill_mid_save_then_resume_is_bit_identical(tmp, env, reference):
@@ -127,6 +151,34 @@ def test_sigterm_saves_a_restorable_checkpoint(preempted):
   assert line.startswith(f'train.py: stopped: SIGTERM received: saved a checkpoint at step {step}')
   assert str(work / 'checkpoints') in line and 'rerun the same command to resume' in line
   assert int(train['state']['step']) == step and meta['steps_per_epoch'] == 6
+
+
+def _mapped(proc, library='/jaxlib/') -> bool:
+  """Whether ``proc`` has loaded ``library`` (Linux): a start-up stage one can observe."""
+  try:
+    with open(f'/proc/{proc.pid}/maps') as f:
+      return library in f.read()
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/maps'), reason='needs /proc (Linux)')
+def test_sigterm_while_starting_stops_cleanly_then_resumes(tmp, env, reference, preempted):
+  work = tmp / 'early'
+  shutil.copytree(preempted[0], work)
+  before = th.tree_digest(work)
+  proc = th.start(cmd(tmp, work), env)
+  _wait_for(lambda: _mapped(proc), proc)  # JAX is being imported: seconds before training
+  proc.send_signal(signal.SIGTERM)
+  result = th.finish(proc)
+  assert result.returncode == 75, result.stderr
+  assert result.stderr.strip().splitlines() == th.error_lines(result.stderr)
+  (line,) = th.error_lines(result.stderr)
+  assert line.startswith('train.py: stopped: SIGTERM received while starting'), line
+  assert th.tree_digest(work) == before
+  resumed = th.run(cmd(tmp, work), env)
+  assert resumed.returncode == 0, resumed.stderr
+  _assert_same_as(reference, work)
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp, env, reference, preempted):

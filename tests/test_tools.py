@@ -2,11 +2,12 @@
 import csv
 import json
 import math
+import os
 
 import pytest
 
 from tests.train_helpers import make_image_folder
-from vit_jax import bench, compare, presets, steps, variants, verify
+from vit_jax import bench, compare, presets, steps, variants, verify, workdir_lock
 
 TINY_WIDTH = ['--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
               '--config.model.mlp_dim=32', '--config.model.image_size=8']
@@ -169,6 +170,20 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
       assert math.isclose(float(a[column]), float(b[column]), abs_tol=1e-3), column
   pictures = lambda w: sorted(p.name for p in (w / 'report').glob('*.png'))
   assert pictures(parallel) == pictures(sequential) and pictures(parallel)
+
+  # A run another process holds is reported in one line and left alone; the rest go on.
+  vit = sequential / 'vit' / 'seed0'
+  (vit / 'summary.json').unlink()  # unfinished as far as compare can tell
+  capsys.readouterr()
+  with workdir_lock.WorkdirLock(str(vit)) as held:
+    held.acquire()
+    with pytest.raises(SystemExit) as stop:
+      compare.main([*args, '--workdir', str(sequential), '--parallel-seeds', '1'])
+  out, err = capsys.readouterr()
+  assert stop.value.code == 2 and out.count('finished, skipped') == 3  # the others
+  assert f'compare: skipped: workdir {vit} is in use by another run (pid {os.getpid()} on ' in err
+  assert f'1 run(s) did not finish: {vit} (in use by another process)' in err
+  assert not (vit / 'summary.json').exists()
 
 
 LINEAR = lambda k: 100 + 40 * k

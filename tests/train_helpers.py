@@ -102,10 +102,14 @@ def metric_rows(workdir, columns=DETERMINISTIC) -> list[tuple]:
 
 
 def tree_digest(path) -> dict:
-  """{relative file path: sha256} of everything under ``path``."""
+  """{relative file path: sha256} of everything under ``path`` but the workdir lock file.
+
+  ``.lock`` names the last process that held the workdir (``vit_jax.workdir_lock``);
+  every run that gets the lock rewrites it, even one that then refuses its input.
+  """
   path = Path(path)
   return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(path.rglob('*')) if p.is_file()}
+          for p in sorted(path.rglob('*')) if p.is_file() and p.name != '.lock'}
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -15,6 +15,12 @@ On restore the newest step is tried first:
   older step is tried.
 
 A failed save (disk full, ...) removes its own partial folder and keeps the others.
+
+In a multi-process run (one process per host) process 0 alone reads and writes the
+checkpoints, with an orbax manager of its own (``active_processes={0}``: no barriers
+with the others, which would wait minutes for a process that died). It saves the host
+copy of the replicated state; on restore it sends the arrays and metadata to the others,
+bit for bit (``multiprocess.from_process_0``). The other hosts need not see the workdir.
 """
 import contextlib
 import errno
@@ -97,21 +103,34 @@ class Checkpoints:
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.several = jax.process_count() > 1  # then only process 0 has a manager
+    self.manager, alone = None, {}
+    if self.several:
+      if jax.process_index() != 0:
+        return
+      if not read_only:  # orbax creates folders only together with every process
+        os.makedirs(self.directory, exist_ok=True)
+      alone = dict(multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=0, active_processes={0}))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep or None, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+        max_to_keep=keep or None, create=not (read_only or self.several), read_only=read_only,
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only, **alone)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={TRAIN: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()})
 
   def steps(self) -> list[int]:
+    if self.manager is None:
+      return []
     self.manager.reload()
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, train: Any, meta: dict) -> None:
     """Writes ``step``; on failure its partial folder is removed and older steps are kept."""
-    if step in self.steps():
-      return  # already written (a periodic save just before a preemption save)
+    if self.manager is None or step in self.steps():
+      return  # another process writes, or already written (a periodic save, then a preemption)
+    if self.several:  # the replicated state's host copy (module docstring)
+      train = jax.tree.map(np.asarray, train)
     try:
       with _quiet_absl():
         self.manager.save(step, args=ocp.args.Composite(
@@ -163,8 +182,19 @@ class Checkpoints:
     """(step, train, meta) of the newest readable checkpoint; None if there is none.
 
     Raises CheckpointError if the newest one was written for other shapes (another
-    model), or if checkpoints exist but none can be read.
+    model), or if checkpoints exist but none can be read. With several processes each
+    calls it and gets process 0's result.
     """
+    if not self.several:
+      return self._restore_latest(abstract_train)
+    from vit_jax import multiprocess  # pylint: disable=import-outside-toplevel
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    local = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
+                         abstract_train)
+    mine = self._restore_latest(local) if self.manager is not None else None
+    return multiprocess.from_process_0(mine, abstract_train)
+
+  def _restore_latest(self, abstract_train: Any) -> Optional[tuple[int, Any, dict]]:
     wanted = shapes_of(abstract_train)
     damaged = []
     for step in reversed(self.steps()):
@@ -213,7 +243,8 @@ class Checkpoints:
     self.manager.reload()
 
   def close(self) -> None:
-    self.manager.close()
+    if self.manager is not None:
+      self.manager.close()
 
 
 def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[int, Any, dict]:

@@ -65,14 +65,22 @@ def _config_path(argv) -> str:
 
 
 def setup_logging():
-  """Our messages on stderr, library chatter (absl, orbax, TensorFlow) silenced."""
+  """Our messages on stderr, library chatter (absl, orbax, TensorFlow, matplotlib) silenced.
+
+  Our loggers (``vit_jax.*``) speak from INFO up; other libraries only from WARNING up
+  (the root logger's level), and those that warn about routine work not at all. A first
+  run on a fresh machine is as quiet as any other: matplotlib, which TFDS imports, logs
+  'generated new fontManager' at INFO when it builds its font cache.
+  """
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(_Formatter('%(message)s'))
-  logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)  # the CLI owns logging
+  logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)  # the CLI owns logging
+  logging.getLogger('vit_jax').setLevel(logging.INFO)
   # TensorFlow (TFDS data only) prints C++ start-up chatter to stderr; keep it quiet.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-  for name in ('absl', 'jax._src.xla_bridge', 'orbax', 'jax._src.cache_key'):
+  # matplotlib warns 'building the font cache; this may take a moment' when that is slow.
+  for name in ('absl', 'jax._src.xla_bridge', 'orbax', 'jax._src.cache_key', 'matplotlib'):
     logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -10,6 +10,11 @@ runs in ``WORKDIR/<variant>/seeds<a>-<b>`` with each seed's outputs in its ``see
 folder; a single seed runs in ``WORKDIR/<variant>/seed<k>``. Each is an ordinary
 train.py run: a finished one is skipped, an interrupted one resumes. The report
 (``python -m vit_jax.report``) is written to ``WORKDIR/report``.
+
+A run that cannot finish here does not stop the others: one whose workdir another process
+holds (``workdir_lock``) is left to that process, one in which a model stopped on a
+non-finite loss or whose checkpoint is refused is reported; each in one line. The other
+runs go on, the report is written, and the exit status is 2: the comparison is incomplete.
 """
 import argparse
 import os
@@ -100,11 +105,12 @@ def main(argv=None):
     p.error('--config.seed and --config.parallel_seeds are set by --seeds and --parallel-seeds')
   if report.target_acc_error(args.target_acc):
     p.error(report.target_acc_error(args.target_acc))
-  from vit_jax import checkpoints, data, max_depth, train_lib, validate
+  from vit_jax import checkpoints, data, max_depth, train_lib, validate, workdir_lock
   try:
     run_config(names[0], args.dataset, 0, overrides)
   except ValueError as e:
     p.error(str(e))
+  incomplete = []
   try:
     for name in names:
       base = run_config(name, args.dataset, 0, overrides)
@@ -122,15 +128,28 @@ def main(argv=None):
           continue
         print(f'== {name}, seed{"s" if n > 1 else ""} {first}'
               f'{f"-{first + n - 1}" if n > 1 else ""} -> {workdir}', flush=True)
-        train_lib.train_and_evaluate(config, workdir)
-  except (validate.ConfigError, data.DataError, train_lib.TrainingError,
-          checkpoints.CheckpointError) as e:
+        try:
+          train_lib.train_and_evaluate(config, workdir)
+        except workdir_lock.WorkdirLocked as e:
+          print(f'compare: skipped: {e}', file=sys.stderr, flush=True)
+          incomplete.append(f'{workdir} (in use by another process)')
+        except (train_lib.TrainingError, checkpoints.CheckpointError) as e:
+          print(f'compare: error: {workdir}: {e}', file=sys.stderr, flush=True)
+          incomplete.append(f'{workdir} (see its error above)')
+  except (validate.ConfigError, data.DataError) as e:  # the same for every run
     p.exit(2, f'compare: error: {e}\n')
   except train_lib.Preempted as e:
     p.exit(75, f'compare: {e}\n')
-  report.build_report([args.workdir], os.path.join(args.workdir, 'report'),
-                      target_acc=args.target_acc)
-  print(f"report: {os.path.join(args.workdir, 'report', 'results.md')}")
+  try:
+    report.build_report([args.workdir], os.path.join(args.workdir, 'report'),
+                        target_acc=args.target_acc)
+    print(f"report: {os.path.join(args.workdir, 'report', 'results.md')}")
+  except SystemExit:
+    if not incomplete:  # with runs left unfinished there may be nothing to report yet
+      raise
+  if incomplete:
+    p.exit(2, f'compare: error: {len(incomplete)} run(s) did not finish: '
+              f'{"; ".join(incomplete)}; rerun when they are free or fixed\n')
 
 
 if __name__ == '__main__':

@@ -25,8 +25,11 @@ def write_json(path: str, obj) -> None:
 
 
 def move_aside(workdir: str) -> None:
-  """--fresh: renames a non-empty ``workdir`` to ``<workdir>.old-<time>``; deletes nothing."""
-  if os.path.exists(workdir) and os.listdir(workdir):
+  """--fresh: renames a non-empty ``workdir`` to ``<workdir>.old-<time>``; deletes nothing.
+
+  The lock file (``workdir_lock``) alone does not make a run.
+  """
+  if os.path.exists(workdir) and set(os.listdir(workdir)) - {'.lock'}:
     aside = f'{os.path.abspath(workdir).rstrip(os.sep)}.old-{time.strftime("%Y%m%d-%H%M%S")}'
     shutil.move(workdir, aside)
     log.warning('--fresh: moved the previous run to %s', aside)
@@ -106,12 +109,16 @@ class TensorBoard:
 
 
 class ModelFolder:
-  """One model's outputs: metrics.csv, config.json, summary.json and TensorBoard events."""
+  """One model's outputs: metrics.csv, config.json, summary.json and TensorBoard events.
 
-  def __init__(self, path: str, tensorboard: bool):
-    os.makedirs(path, exist_ok=True)
+  Only the process that writes (``writer``) creates the folder and the event files.
+  """
+
+  def __init__(self, path: str, writer: bool, tensorboard: bool):
+    if writer:
+      os.makedirs(path, exist_ok=True)
     self.path, self.metrics = path, MetricsCsv(path)
-    self.tb = TensorBoard(path, tensorboard)
+    self.tb = TensorBoard(path, writer and tensorboard)
 
   def write_json(self, name: str, obj) -> None:
     write_json(os.path.join(self.path, name), obj)

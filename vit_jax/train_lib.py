@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from vit_jax import checkpoints, data, metrics_io, model as model_lib, optim, steps, validate
+from vit_jax import workdir_lock
 from vit_jax.run_control import Preempted, Signals, TrainingError  # noqa: F401  (public here)
 from vit_jax.train_loop import Progress, TrainLoop
 
@@ -63,15 +64,17 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None):
 
   Returns the summary dict, or with ``config.parallel_seeds`` > 1 a list of them, one
   per model. ``devices`` (default: all) form the one-axis data mesh. ``fresh`` moves an
-  existing run in ``workdir`` aside first.
+  existing run in ``workdir`` aside first. The run holds ``workdir``'s lock (process 0
+  only); ``workdir_lock.WorkdirLocked`` if another run holds it.
   """
-  with Signals() as signals:
-    return _run(config, workdir, fresh, list(devices or jax.devices()), signals)
+  with Signals() as signals, workdir_lock.WorkdirLock(workdir, jax.process_index() == 0) as lock:
+    return _run(config, workdir, fresh, list(devices or jax.devices()), signals, lock)
 
 
-def _run(config, workdir, fresh, devices, signals):
+def _run(config, workdir, fresh, devices, signals, lock):
   validate.check_config(config, num_devices=len(devices))
   validate.check_workdir(config, workdir, fresh)
+  lock.acquire()  # an existing workdir: before anything is read from it or written
   ds = data.subset(data.load_dataset(config.dataset, config.data_dir),
                    config.train_examples, config.eval_examples)
   signals.check('while the data was loading')
@@ -93,7 +96,9 @@ def _run(config, workdir, fresh, devices, signals):
   primary = jax.process_index() == 0
   if fresh and primary:
     metrics_io.move_aside(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if primary:  # the other processes write nothing (checkpoints.py: process 0 alone)
+    os.makedirs(workdir, exist_ok=True)
+  lock.acquire()  # a workdir just created, or the new one after --fresh
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   try:
     restored = ckpt.restore_latest(abstract)
@@ -130,7 +135,8 @@ def _train(run, model, info, init, restored):
   params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   params_count //= max(np.size(run.seeds), 1)
   training = not (start >= total and progress.epochs_done >= start // run.spe)
-  run.folders = [metrics_io.ModelFolder(d, training and run.primary and config.get('tensorboard', True))
+  events = training and config.get('tensorboard', True)
+  run.folders = [metrics_io.ModelFolder(d, run.primary, events)
                  for d in metrics_io.model_dirs(workdir, run.seeds)]
   if run.primary:
     metrics_io.write_json(os.path.join(workdir, 'config.json'), config.to_dict())

@@ -152,7 +152,8 @@ def check_workdir(config, workdir: str, fresh: bool = False) -> None:
     raise ConfigError(f'workdir {workdir} cannot be created: {parent} is a file; '
                       'choose another --workdir')
   try:  # Creating and removing a probe leaves the workdir as it was.
-    tempfile.TemporaryDirectory(dir=parent).cleanup()
+    if jax.process_index() == 0:  # the process that writes (the others only read)
+      tempfile.TemporaryDirectory(dir=parent).cleanup()
   except OSError as e:
     raise ConfigError(f'workdir {workdir} is not writable ({e.strerror} in {parent}); '
                       'choose another --workdir or fix its permissions') from e
