@@ -9,13 +9,14 @@
 #                mkdir -p .data && cp -r /work/shared/data/cifar10 .data/   # 55 MB of JPEGs
 #   then:        run(command="bash scripts/gpu_check.sh", carry=[".whl", ".data"], timeout_s=600)
 # $OUT/gpu_check then holds 5 files: summary.tsv (stage, exit status, seconds; verify exits
-# 1 on a mismatch, 124/137 is a timeout, 75 a run stopped by one), gpu_check.log (this
-# output), bench.md, results.md (the comparison) and gpu_check.tar.gz (every log, verify
-# JSON, bench CSV, the comparison's runs and report; no checkpoints).
+# 1 on a mismatch, 124/137 is a stage cut by its time limit), gpu_check.log (this output),
+# bench.md, results.md (the comparison) and gpu_check.tar.gz (every log, verify JSON, bench
+# CSV, the comparison's runs and report; no checkpoints).
 # Time plan (--budget, default 510 s): verify and compiling the bench's programs run in
 # parallel (at most 40 %), the timed bench reuses them from JAX's disk cache (at most 15 % +
 # 13 %), the comparison gets the rest less 25 s, its epochs estimated from the bench.
 # CPU test with tiny models:  bash scripts/gpu_check.sh --tiny --budget 1200 --jobs 2
+# (2 busy cores: about 20 minutes, nearly all compiling; what does not fit is cut and recorded)
 #
 # Options (or environment): --results DIR (GPU_CHECK_RESULTS; $OUT/gpu_check if OUT is set,
 # else runs/gpu_check), --data DIR (GPU_CHECK_DATA; .data/cifar10), --budget S
