@@ -8,6 +8,7 @@ that build caches on first use (matplotlib's font cache, imported by TFDS) must 
 a line to stderr either.
 """
 import socket
+import sys
 
 import pytest
 
@@ -112,3 +113,10 @@ def test_bad_input_fails_cleanly(results, case):
     assert word.format(tmp=tmp) in lines[0], lines[0]
   assert not (tmp / f'run_{name}').exists(), 'the workdir must not be created'
   assert result.stderr.strip().splitlines() == lines, 'nothing but the error line on stderr'
+
+
+def test_help_prints_the_usage_and_the_flags(tmp_path):
+  result = th.run([sys.executable, 'train.py', '--help'], th.cli_env(tmp_path / 'cache'))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('Trains a ViT variant: python train.py --config')
+  assert '--workdir' in result.stdout and '--config' in result.stdout

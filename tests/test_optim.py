@@ -1,7 +1,5 @@
 """Tests for vit_jax/optim.py: SET-Adam against a NumPy transcription, schedules, chains."""
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-try:
-  from vit_jax import optim
-except ModuleNotFoundError:  # package not installed and repo root not on sys.path
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from vit_jax import optim
+from vit_jax import optim
 
 SHAPES = {'w': (4, 3), 'b': (5,), 'blk': {'k': (2, 3, 2)}}
 

@@ -53,7 +53,8 @@ def runs(tmp_path_factory):
 def test_each_parallel_model_trains_as_its_single_seed_run(runs, variant):
   tmp = runs[0]
   parallel = tmp / f'{variant}_parallel'
-  assert sorted(os.listdir(parallel)) == ['checkpoints', 'config.json', 'seed0', 'seed1', 'seed2']
+  assert sorted(os.listdir(parallel)) == ['.lock', 'checkpoints', 'config.json', 'seed0', 'seed1',
+                                         'seed2']
   _, stacked = th.final_leaves(parallel)
   losses = {}
   for seed in (0, 2):  # slices 0 and 2 of the model axis

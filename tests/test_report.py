@@ -10,11 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-try:
-  from vit_jax import report
-except ModuleNotFoundError:  # package not installed and repo root not on sys.path
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  from vit_jax import report
+from vit_jax import report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'

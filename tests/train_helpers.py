@@ -16,17 +16,27 @@ import jax
 import numpy as np
 from PIL import Image
 
-from vit_jax import checkpoints, metrics_io  # noqa: F401  (used by the test modules)
+from vit_jax import checkpoints, metrics_io, presets  # noqa: F401  (used by the test modules)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
-# A tiny ViT on 8x8 images (5 tokens of width 16): compiles in seconds.
-TINY = ['--config.model.image_size=8', '--config.model.num_classes=3',
-        '--config.model.patch_size=4', '--config.model.dim=16', '--config.model.depth=2',
-        '--config.model.heads=2', '--config.model.dim_head=8', '--config.model.mlp_dim=32',
-        '--config.batch_size=8', '--config.eval_batch_size=8', '--config.progress_bar=False',
-        '--config.tensorboard=False', '--config.learning_rate=0.001']
+# A tiny ViT on 8x8 images (5 tokens of width 16): compiles in seconds. TINY_WIDTH for the
+# tools that set the depth themselves (bench), TINY_MODEL for a model, TINY for a training run.
+TINY_WIDTH = ['--config.model.image_size=8', '--config.model.patch_size=4',
+              '--config.model.dim=16', '--config.model.heads=2', '--config.model.dim_head=8',
+              '--config.model.mlp_dim=32']
+TINY_MODEL = TINY_WIDTH + ['--config.model.depth=2']
+TINY = TINY_MODEL + ['--config.model.num_classes=3', '--config.batch_size=8',
+                     '--config.eval_batch_size=8', '--config.progress_bar=False',
+                     '--config.tensorboard=False', '--config.learning_rate=0.001']
+
+
+def tiny_config(variant: str, *overrides: str):
+  """The CIFAR-10 preset of ``variant`` with TINY_MODEL and ``overrides`` applied."""
+  c = presets.preset(variant, 'cifar10')
+  presets.apply_overrides(c, [*TINY_MODEL, *overrides])
+  return c
 
 
 def make_image_folder(root: Path, classes: int = 3, train: int = 16, test: int = 4,

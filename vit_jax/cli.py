@@ -85,8 +85,16 @@ def setup_logging():
 
 
 def parse(argv, prog: str):
-  """Parses absl flags; a bad flag, override or config file is one line on stderr, exit 2."""
+  """Parses absl flags; a bad flag, override or config file is one line on stderr, exit 2.
+
+  ``--help`` (``-h``, ``--helpfull``) prints the program's docstring and its flags, exit 0.
+  """
   setup_logging()
+  if any(a in ('--help', '-h', '--helpfull', '-?') for a in argv[1:]):
+    doc = (sys.modules['__main__'].__doc__ or '').strip()
+    config = f"  --config: {flags.FLAGS['config'].help}" if 'config' in flags.FLAGS else ''
+    print(f'{doc}\n\nflags:\n{config}\n{flags.FLAGS.main_module_help()}'.lstrip())
+    sys.exit(0)
   try:
     flags.FLAGS(argv)
     config = flags.FLAGS.config
