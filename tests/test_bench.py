@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import train_helpers as th
-from vit_jax import bench, max_depth, model as model_lib
+from vit_jax import bench, max_depth, model as model_lib, program
 
 
 def test_bench_writes_a_well_formed_table(tmp_path, capsys):
@@ -38,7 +38,7 @@ def test_bench_writes_a_well_formed_table(tmp_path, capsys):
 
 def test_model_flops_match_xla_cost_of_the_forward_pass():
   """MFU's model FLOPs (3× the forward matmuls) agree with XLA's count of the forward pass."""
-  c = bench.make_config('vit', 2, 1, [])
+  c = program.make_config('vit', 2, 1, [])
   m = model_lib.build(c)
   x = jnp.zeros((1, 32, 32, 3))
   params = jax.jit(m.init)(jax.random.PRNGKey(0), x)

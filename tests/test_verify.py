@@ -6,22 +6,17 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from vit_jax import model as model_lib, steps, train_lib, variants, verify
+from vit_jax import exactness, model as model_lib, steps, train_lib, variants, verify
 
 
-def test_verify_passes_on_the_exact_engine():
-  report = verify.run(th.tiny_config('bdia'), batch_size=4)
-  assert report['ok'], report
-  assert sum(map(sum, report['mismatches'])) == 0
-  assert report['grad_rel_error_max'] < 1e-4
-
-
-def test_verify_checks_a_seed_parallel_program():
-  c = th.tiny_config('momentum')
-  c.parallel_seeds, c.vmap_seeds = 3, 3  # vectorised, as on a GPU
+def test_verify_passes_on_the_exact_engine_in_a_seed_parallel_program():
+  """Three bdia models vectorised in one program, as a GPU runs them (vmap_seeds=3)."""
+  c = th.tiny_config('bdia')
+  c.parallel_seeds, c.vmap_seeds = 3, 3
   report = verify.run(c, batch_size=4)
   assert report['ok'] and report['models'] == 3, report
   assert sum(map(sum, report['mismatches'])) == 0 and len(report['mismatches']) == 2
+  assert report['grad_rel_error_max'] < 1e-4
 
 
 def test_verify_fails_when_the_inverse_is_broken(monkeypatch):
@@ -44,7 +39,7 @@ def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):
   labels, perm, seed = jnp.arange(8) % 3, jnp.arange(8), np.int32(0)
   m = model_lib.build(c)
   params = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  guard = lambda: verify.ExactnessGuard(m, info, c, seed, steps.make_mesh())
+  guard = lambda: exactness.ExactnessGuard(m, info, c, seed, steps.make_mesh())
   assert guard().check(params, seed, images, labels, perm, 1) == 0
   good = variants.make_variant('bdia')
   cp = good.couplings[0]

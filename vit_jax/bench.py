@@ -4,7 +4,8 @@
         --csv out.csv [--markdown out.md] [--isolate] [--config.model.dim=...]
     python -m vit_jax.bench --max-depth [--memory-limit-mib N] --variants ... --csv out.csv
 
-Each configuration compiles the real training step (steps.make_train_step: augmentation,
+Each configuration compiles the real training program (``program.compile_train_step``:
+a chunk of steps of ``steps.make_train_step``: augmentation,
 forward, backward, SET-Adam update) on a synthetic uint8 data set kept on the device, and
 reports compile time, the median step time over ``--steps`` timed steps after warm-up,
 images/s, model FLOPs utilisation where the device's peak is known (model FLOPs: the
@@ -37,16 +38,6 @@ PEAK_FLOPS = {'H100': {'bfloat16': 989e12, 'float32': 494e12},
               'A100': {'bfloat16': 312e12, 'float32': 156e12}}
 
 
-def make_config(variant: str, depth: int, batch: int, overrides: list[str], models: int = 1):
-  """The CIFAR-10 preset with ``variant``, ``depth``, ``batch`` (per model), ``models``
-  seed-parallel models and --config.* overrides."""
-  from vit_jax import presets
-  c = presets.preset(variant, 'cifar10')
-  presets.apply_overrides(c, overrides)
-  c.model.depth, c.batch_size, c.parallel_seeds = depth, batch, models
-  return c
-
-
 def train_flops_per_image(c) -> float:
   """Model FLOPs of one training image: 3× the forward pass's matmuls (forward + backward).
 
@@ -62,58 +53,6 @@ def train_flops_per_image(c) -> float:
   return 3.0 * (m.depth * tokens * block + embed + 2 * m.dim * m.num_classes)
 
 
-def compile_train_step(c):
-  """The training program for config ``c``, lowered from abstract shapes and compiled.
-
-  The program is the one training runs: a chunk of steps (their number an argument) of
-  ``c.parallel_seeds`` models. Nothing is allocated. Returns ``(compiled, abstract_state,
-  make_inputs)``; ``make_inputs()`` puts the real inputs on the device: the initial
-  state, zeroed running sums, the seeds, the live mask and a synthetic data set of four
-  uint8 batches with its permutation (the step count is the caller's).
-  """
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from vit_jax import model as model_lib, optim, steps
-  m = c.model
-  mesh = steps.make_mesh()
-  rep = steps.replicated(mesh)
-  n, image_shape = 4 * c.batch_size, (m.image_size, m.image_size, m.channels)
-  info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
-  model = model_lib.build(c)
-  tx = optim.make_optimizer(c, info['steps_per_epoch'])
-  seeds = steps.model_seeds(c)
-  init = lambda: steps.create_states(model, tx, image_shape, seeds)
-  abstract = lambda tree: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
-  state = abstract(jax.eval_shape(init))
-  models = np.shape(seeds)
-  inputs = abstract((jax.eval_shape(steps.zero_sums, seeds),
-                     jax.ShapeDtypeStruct(models, jnp.int32), jax.ShapeDtypeStruct(models, bool),
-                     jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8),
-                     jax.ShapeDtypeStruct((n,), jnp.int32),
-                     jax.ShapeDtypeStruct((*models, n), jnp.int32)))
-  compiled = steps.make_train_chunk(model, info, c, mesh, seeds).lower(
-      state, *inputs, jax.ShapeDtypeStruct((), jnp.int32)).compile()
-
-  def make_inputs():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, *image_shape), np.uint8)
-    labels = rng.integers(0, m.num_classes, (n,), np.int32)
-    return (jax.jit(init, out_shardings=rep)(), *jax.device_put(
-        (steps.zero_sums(seeds), seeds, np.ones(models, bool), images, labels,
-         steps.epoch_permutation(seeds, 0, n)), rep))
-
-  return compiled, state, make_inputs
-
-
-def compiled_memory_mib(compiled) -> float:
-  """XLA's memory for a compiled program: temp + arguments + outputs - aliased, in MiB."""
-  mem = compiled.memory_analysis()
-  return (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-          - mem.alias_size_in_bytes) / 2**20
-
-
 def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str],
             warmup: int = 2, device_peak: bool = False, models: int = 1) -> dict:
   """Compiles and times one configuration in this process.
@@ -125,19 +64,20 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
   configuration only: the peak cannot be reset, so a second configuration would inherit
   the first one's).
   """
-  import jax
+  import jax  # lazy here and below: a bad flag is reported before JAX loads
   import numpy as np
-  c = make_config(variant, depth, batch, overrides, models)
+  from vit_jax import program
+  c = program.make_config(variant, depth, batch, overrides, models)
   row = dict(variant=variant, depth=depth, batch_size=batch, parallel_seeds=models,
              device=jax.devices()[0].device_kind, dtype='bfloat16' if c.bf16 else 'float32',
              status='ok')
   try:
     t0 = time.perf_counter()
-    compiled, abstract_state, make_inputs = compile_train_step(c)
+    compiled, abstract_state, make_inputs = program.compile_train_step(c)
     row['compile_s'] = round(time.perf_counter() - t0, 2)
     row['state_mib'] = round(sum(np.prod(x.shape) * x.dtype.itemsize
                                  for x in jax.tree.leaves(abstract_state)) / 2**20, 1)
-    row['compiled_memory_mib'] = round(compiled_memory_mib(compiled), 1)
+    row['compiled_memory_mib'] = round(program.compiled_memory_mib(compiled), 1)
     # temp: activations kept for the backward pass, gradients, workspace
     row['temp_mib'] = round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1)
     row['memory_mib'], row['memory_source'] = row['compiled_memory_mib'], 'compiled_analysis'

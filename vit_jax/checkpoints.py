@@ -36,6 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vit_jax import multiprocess
+
 log = logging.getLogger(__name__)
 
 TRAIN, META = 'train', 'meta'
@@ -187,7 +189,6 @@ class Checkpoints:
     """
     if not self.several:
       return self._restore_latest(abstract_train)
-    from vit_jax import multiprocess  # pylint: disable=import-outside-toplevel
     here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     local = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here),
                          abstract_train)

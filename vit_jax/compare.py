@@ -32,7 +32,7 @@ def run_config(variant: str, dataset: str, seed: int, overrides: list[str]):
 
 
 def _finished(workdir: str, config) -> bool:
-  from vit_jax import metrics_io, steps
+  from vit_jax import metrics_io, steps  # lazy, as in main: a bad flag fails before JAX loads
   for folder in metrics_io.model_dirs(workdir, steps.model_seeds(config)):
     path = os.path.join(folder, 'summary.json')
     if not os.path.exists(path):
@@ -68,8 +68,9 @@ def fitting_seeds(seeds: int, memory_at, limit_mib: float) -> int:
 
 def program_memory(config):
   """models -> MiB: XLA's memory for ``config``'s training program (compile only)."""
-  from vit_jax import bench  # pylint: disable=import-outside-toplevel
-  return lambda k: bench.compiled_memory_mib(bench.compile_train_step(_with_models(config, k))[0])
+  from vit_jax import program  # lazy, as the imports in main: bad flags fail before JAX loads
+  return lambda k: program.compiled_memory_mib(
+      program.compile_train_step(_with_models(config, k))[0])
 
 
 def _with_models(config, k: int):

@@ -13,12 +13,15 @@ guess until depth D fits and D + 1 does not: a handful of compiles whatever the 
 """
 import os
 
+import jax
+
+from vit_jax import program
+
 MAX_DEPTH = 100_000  # a search stops here: "fits at every depth tried"
 
 
 def memory_limit_mib(override_mib: float | None = None) -> tuple[float, str]:
   """(limit in MiB, where it came from): the override, the device's allocator limit, or RAM."""
-  import jax  # pylint: disable=import-outside-toplevel
   if override_mib:
     return float(override_mib), '--memory-limit-mib'
   stats = jax.local_devices()[0].memory_stats() or {}
@@ -29,9 +32,9 @@ def memory_limit_mib(override_mib: float | None = None) -> tuple[float, str]:
 
 def compiled_memory_mib(variant: str, depth: int, batch: int, overrides: list[str]) -> float:
   """XLA's memory for one training step at this depth, from abstract shapes (no allocation)."""
-  from vit_jax import bench  # pylint: disable=import-outside-toplevel
-  compiled, _, _ = bench.compile_train_step(bench.make_config(variant, depth, batch, overrides))
-  return bench.compiled_memory_mib(compiled)
+  compiled, _, _ = program.compile_train_step(program.make_config(variant, depth, batch,
+                                                                   overrides))
+  return program.compiled_memory_mib(compiled)
 
 
 def max_depth(memory_at, limit_mib: float, probe=(2, 4)) -> tuple[int, dict[int, float]]:

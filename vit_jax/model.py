@@ -95,22 +95,26 @@ class ViT(nn.Module):
     return keys, (gamma if variant.stochastic_gamma else None)
 
 
+def compute_dtype(bf16: bool):
+  """The dtype of the model's matmuls and activations: bfloat16 or float32."""
+  return jnp.bfloat16 if bf16 else jnp.float32
+
+
 def from_config(model_config, bf16: bool = False, **overrides) -> ViT:
   """The ViT described by ``config.model`` (and ``config.bdia``/``momentum_net``)."""
   m = model_config
   kwargs = dict(num_classes=m.num_classes, patch_size=m.patch_size, dim=m.dim, depth=m.depth,
                 heads=m.heads, dim_head=m.dim_head, mlp_dim=m.mlp_dim, dropout=m.dropout,
-                emb_dropout=m.emb_dropout, variant=m.variant,
-                dtype=jnp.bfloat16 if bf16 else jnp.float32)
+                emb_dropout=m.emb_dropout, variant=m.variant, dtype=compute_dtype(bf16))
   kwargs.update(overrides)
   return ViT(**kwargs)
 
 
 def build(config) -> ViT:
-  """The model for a full training config."""
-  bits = config.bdia.quant_bits if config.model.variant == 'bdia' else config.momentum_net.quant_bits
-  return from_config(config.model, config.bf16, quant_bits=bits,
-                     beta_bits=config.momentum_net.beta_bits)
+  """The model for a full training config (its variant names the section of its grid bits)."""
+  section = variants.make_variant(config.model.variant).config_section
+  grid = {'quant_bits': config[section].quant_bits} if section else {}
+  return from_config(config.model, config.bf16, beta_bits=config.momentum_net.beta_bits, **grid)
 
 
 def probe_like(model: ViT, batch: int, image_size: int) -> tuple:

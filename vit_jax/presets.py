@@ -1,7 +1,8 @@
 """Defaults shared by every config: the original project's recipe for CIFAR-10.
 
 They live in the package so that every tool (train.py, bench, compare, verify) has them;
-``configs/base.py`` re-exports them. Each config file in configs/ exposes ``get_config()`` returning an
+each file in configs/ is one ``preset(variant, dataset)``, its docstring the command and
+the accuracy to expect. A config exposes ``get_config()`` returning an
 ``ml_collections.ConfigDict``; every field can be overridden from the command line
 (``--config.num_epochs=10``). Fields derived from others (steps per epoch, schedule
 lengths) are computed by the trainer, so overrides of their inputs take effect.

@@ -20,13 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vit_jax import variants
 from vit_jax.run_reader import default_targets, find_run_dirs, load_run, time_to_accuracy
 
 # Config fields that do not change what is trained (dotted key or last component, fnmatch).
 IGNORED_KEYS = ('seed', 'workdir', 'data_dir', 'progress_bar', 'log_every_steps',
                 'checkpoint_*', 'keep_checkpoints', 'exactness_check_every_steps',
                 'distributed', 'parallel_seeds', 'steps_per_dispatch', 'vmap_seeds')
-VARIANT_ORDER = ('vit', 'remat', 'revvit', 'bdia', 'momentum')
 CSV_FIELDS = ('label', 'variant', 'dataset', 'n_seeds', 'seeds', 'n_finished', 'epochs_min',
               'epochs_max', 'planned_epochs', 'best_val_acc_pct_mean', 'best_val_acc_pct_std',
               'best_epoch_mean', 'final_val_acc_pct_mean', 'final_val_acc_pct_std',
@@ -95,7 +95,7 @@ def group_runs(runs: Sequence[dict], ignore: Sequence[str] = ()) -> list[dict]:
       g['label'] = ' '.join([variant] + [f'{short(k)}={_fmt_value(v)}' for k, v in
                                          zip(differing, values)]) if g['flat'] else \
           f'{variant} {g["dataset"]} (no config.json)'
-  order = {v: i for i, v in enumerate(VARIANT_ORDER)}
+  order = {v: i for i, v in enumerate(variants.VARIANTS)}
   groups.sort(key=lambda g: (order.get(g['variant'], len(order)), g['variant'],
                              g['flat'] is None, g['sort']))
   return groups

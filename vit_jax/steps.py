@@ -23,7 +23,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vit_jax import data
+from vit_jax import data, model as model_lib
 
 
 class TrainState(train_state.TrainState):
@@ -140,7 +140,7 @@ def make_train_step(model, ds_info: dict, config, mesh):
   batch = config.batch_size
   mean, std, flip = ds_info['mean'], ds_info['std'], ds_info['flip']
   pad = ds_info.get('crop_padding', 4)
-  dtype = jnp.bfloat16 if config.bf16 else jnp.float32
+  dtype = model_lib.compute_dtype(config.bf16)
   n_classes, smoothing = config.model.num_classes, config.label_smoothing
   steps_per_epoch = ds_info['steps_per_epoch']
   stop_on_nonfinite = config.on_nonfinite == 'stop'
@@ -211,7 +211,7 @@ def zero_sums(seeds=None):
 
 def make_eval_step(model, ds_info: dict, config, mesh, seeds=None):
   """Returns ``eval_step(params, x_uint8, y, mask) -> (loss_sum, correct_sum)`` (per model)."""
-  dtype = jnp.bfloat16 if config.bf16 else jnp.float32
+  dtype = model_lib.compute_dtype(config.bf16)
 
   def eval_step(params, x, y, mask):
     x = data.normalize(x, ds_info['mean'], ds_info['std'], dtype)

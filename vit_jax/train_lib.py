@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from vit_jax import checkpoints, data, metrics_io, model as model_lib, optim, steps, validate
-from vit_jax import workdir_lock
+from vit_jax import checkpoints, data, exactness, metrics_io, model as model_lib, optim, steps
+from vit_jax import validate, workdir_lock
 from vit_jax.run_control import Preempted, Signals, TrainingError  # noqa: F401  (public here)
 from vit_jax.train_loop import Progress, TrainLoop
 
@@ -167,8 +167,7 @@ def _train(run, model, info, init, restored):
   guard = None
   if config.exactness_check_every_steps and model_lib.variants.make_variant(
       config.model.variant).reversible:
-    from vit_jax import verify  # only needed for reversible runs that ask for it
-    guard = verify.ExactnessGuard(model, info, config, run.seeds, run.mesh)
+    guard = exactness.ExactnessGuard(model, info, config, run.seeds, run.mesh)
   if restored:
     run.signals.last_checkpoint = f'the last checkpoint is step {start} in {run.ckpt.directory}'
   loop = TrainLoop(run, compiled, state, sums, progress, guard)

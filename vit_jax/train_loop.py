@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from vit_jax import metrics_io, steps
+from vit_jax import steps
 from vit_jax.run_control import Preempted, TrainingError, nonfinite_error
 
 DISPATCH_SECONDS = 2.0  # target length of one chunk when config.steps_per_dispatch is 0

@@ -13,9 +13,8 @@ import tempfile
 import jax
 
 from vit_jax import presets, variants
+from vit_jax.optim import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ('setadam', 'adamw', 'sgd')
-SCHEDULES = ('cosine', 'constant')
 DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
 RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',

@@ -38,6 +38,8 @@ class Variant(NamedTuple):
   reversible: bool = False                 # train with the custom-VJP engine
   remat: bool = False                      # autodiff with each block rematerialised
   stochastic_gamma: bool = False           # needs per-sample, per-block γ (BDIA)
+  exact: bool = False                      # rebuilds every activation bit for bit
+  config_section: Optional[str] = None     # the config section with its quant_bits
 
 
 def _residual(a, b, hb, aux):
@@ -92,7 +94,8 @@ def _bdia(bits):
   # The update leaves (x_{k+1}, x_k); ``order`` relabels it (x_k, x_{k+1}) for block k+1.
   return Variant('bdia', (Coupling(0, 1, 'block', forward, inverse, side_bits=1),),
                  lambda x: (quant.quantize(x, bits),) * 2, lambda s: s[1],
-                 order=(1, 0), reversible=True, stochastic_gamma=True)
+                 order=(1, 0), reversible=True, stochastic_gamma=True, exact=True,
+                 config_section='bdia')
 
 
 def _momentum(bits, beta_bits):
@@ -124,7 +127,7 @@ def _momentum(bits, beta_bits):
   return Variant('momentum', (Coupling(1, 0, 'block', v_forward, v_inverse, beta_bits),
                               Coupling(0, 1, None, x_forward, x_inverse)),
                  lambda x: (quant.quantize(x, bits), jnp.zeros_like(x)), lambda s: s[0],
-                 reversible=True)
+                 reversible=True, exact=True, config_section='momentum_net')
 
 
 def make_variant(name: str, quant_bits: int = 9, beta_bits: int = 3) -> Variant:

@@ -12,7 +12,6 @@ Exits 1 on any mismatch. The reconstruction is read out of the real backward pas
 engine returns the rebuilt block inputs as the gradient of a zero "probe" argument.
 """
 import functools
-import logging
 import os
 import sys
 
@@ -20,50 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import data, model as model_lib, steps
-from vit_jax.run_control import TrainingError
+from vit_jax import cli, metrics_io, model as model_lib, steps, validate
+from vit_jax.exactness import reconstruction_and_grads, reference_grads, relative_errors
 
-log = logging.getLogger(__name__)
 # float32 gradients of two different programs (custom VJP vs autodiff) differ by rounding:
 # at most 1.1e-6 at the presets on a CPU, 8.5e-4 on an H200 whose TF32 matmuls round the
 # two programs differently (RESULTS.md). The count of rebuilt elements that differ is the
 # strict check.
-EXACT_VARIANTS = ('bdia', 'momentum')  # rebuilt bit for bit by design
 GRAD_RTOL = {jnp.float32: 1e-3, jnp.bfloat16: 3e-2, jnp.float64: 1e-10}
-
-
-def _loss(model, params, images, labels, key, probe=None):
-  out = model.apply({'params': params}, images, train=True, rngs={'dropout': key}, probe=probe)
-  logits, trace = out if probe is not None else (out, None)
-  loss = steps.cross_entropy(logits, labels, model.num_classes).mean()
-  return loss, trace
-
-
-def reconstruction_and_grads(model, params, images, labels, key):
-  """(mismatches [depth, streams], max |error| [depth, streams], gradients)."""
-  probe = model_lib.probe_like(model, images.shape[0], images.shape[1])
-  grad_fn = jax.grad(lambda p, pr: _loss(model, p, images, labels, key, pr), (0, 1), has_aux=True)
-  (grads, rebuilt), forward = grad_fn(params, probe)
-  mismatches = jnp.stack([jnp.sum(f != r, axis=(1, 2, 3)) for f, r in zip(forward, rebuilt)], 1)
-  errors = jnp.stack([jnp.max(jnp.abs(f - r), axis=(1, 2, 3)) for f, r in zip(forward, rebuilt)], 1)
-  return mismatches, errors, grads
-
-
-def reference_grads(model, params, images, labels, key):
-  """Gradients by plain autodiff through the identical forward pass."""
-  ref = model.clone(reversible_backprop=False)
-  return jax.grad(lambda p: _loss(ref, p, images, labels, key)[0])(params)
-
-
-def relative_errors(grads, ref) -> dict[str, float]:
-  """‖g - g_ref‖ / ‖g_ref‖ per parameter leaf, keyed by its path."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(grads)
-  flat_ref = jax.tree.leaves(ref)
-  out = {}
-  for (path, g), r in zip(flat, flat_ref):
-    g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
-    out[jax.tree_util.keystr(path)] = float(np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-30))
-  return out
 
 
 def run(config, batch_size=None, seed=0) -> dict:
@@ -96,7 +59,7 @@ def run(config, batch_size=None, seed=0) -> dict:
   if n > 1:
     mismatches, errors = jnp.sum(mismatches, 0), jnp.max(errors, 0)
   rel = relative_errors(grads, ref)
-  exact = m.variant in EXACT_VARIANTS
+  exact = model_lib.variants.make_variant(m.variant).exact
   rtol = GRAD_RTOL[jnp.dtype(model.dtype).type]
   report = dict(variant=m.variant, depth=m.depth, batch=b, dtype=jnp.dtype(model.dtype).name,
                 models=n, device=jax.devices()[0].device_kind, backend=jax.default_backend(),
@@ -124,41 +87,8 @@ def print_report(r: dict, out=sys.stdout) -> None:
   print('OK' if r['ok'] else 'MISMATCH: reversible backprop is not exact here', file=out)
 
 
-class ExactnessGuard:
-  """During training: every N steps, rebuild one batch's activations per model and compare."""
-
-  def __init__(self, model, ds_info, config, seeds, mesh):
-    c = config
-    self.stop = c.exactness_check_action == 'stop'
-    self.exact = c.model.variant in EXACT_VARIANTS
-    dtype = jnp.bfloat16 if c.bf16 else jnp.float32
-
-    def mismatches(params, seed, images, labels, perm, step):
-      # A whole training batch: whether XLA compiles h reproducibly can depend on the
-      # shapes (a LayerNorm over 2,080 rows was reproducible where one over 8,320 was not).
-      idx = perm[:c.batch_size]
-      x = data.normalize(images[idx], ds_info['mean'], ds_info['std'], dtype)
-      _, model_key = steps.step_keys(seed, step)
-      return jnp.sum(reconstruction_and_grads(model, params, x, labels[idx], model_key)[0])
-
-    self.fn = jax.jit(steps.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None),
-                                        per_vmap=steps.seeds_per_vmap(c, mesh)))
-
-  def check(self, params, seeds, images, labels, perm, step) -> int:
-    """The number of differently rebuilt elements, summed over the models."""
-    n = int(np.sum(self.fn(params, seeds, images, labels, perm, step))) if self.exact else 0
-    if n:
-      msg = (f'exactness check at step {step}: {n} activation elements were rebuilt '
-             'differently from the forward pass; run python -m vit_jax.verify on this machine')
-      if self.stop:
-        raise TrainingError(msg)
-      log.warning('%s', msg)
-    return n
-
-
 def main(argv=None):
   from absl import flags
-  from vit_jax import cli
   cli.define_config_flag()
   flags.DEFINE_integer('batch', 0, 'Batch size (default: config.batch_size).')
   flags.DEFINE_string('json', '', 'Also write the report as JSON to this file.')
@@ -167,7 +97,6 @@ def main(argv=None):
   args = cli.parse(argv or sys.argv, 'verify')
   if args.matmul_precision:
     jax.config.update('jax_default_matmul_precision', args.matmul_precision)
-  from vit_jax import metrics_io, validate
   try:
     validate.check_config(args.config, num_devices=1)
   except validate.ConfigError as e:
