@@ -58,7 +58,8 @@ def over_models(fn, seeds, in_axes=0, per_vmap=None):
 
   Arguments whose ``in_axes`` entry is 0 carry the model axis, None ones are shared.
   ``per_vmap`` (None: all) models are vectorised together by ``jax.vmap``; groups of
-  them run one after another in the same program (``jax.lax.map``). Results are the same.
+  them run one after another in the same program (``jax.lax.map``). The math is the same;
+  the rounding of a vectorised matmul may differ.
   """
   if np.ndim(seeds) == 0:
     return fn
@@ -67,14 +68,10 @@ def over_models(fn, seeds, in_axes=0, per_vmap=None):
   axes = in_axes if isinstance(in_axes, tuple) else None
 
   def mapped(*args):
-    axes_ = axes or (in_axes,) * len(args)
-    slots = [i for i, ax in enumerate(axes_) if ax is not None]
+    slots = [i for i, ax in enumerate(axes or (in_axes,) * len(args)) if ax is not None]
 
-    def one(xs):
-      full = list(args)
-      for i, x in zip(slots, xs):
-        full[i] = x
-      return fn(*full)
+    def one(xs):  # one model's (or one vmapped group's) slices in their slots
+      return fn(*[xs[slots.index(i)] if i in slots else a for i, a in enumerate(args)])
     batch = None if per_vmap == 1 else per_vmap  # 1: no vmap at all, plain per-model ops
     return jax.lax.map(one, [args[i] for i in slots], batch_size=batch)
   return mapped
@@ -205,8 +202,7 @@ def zero_sums(seeds=None):
   one = dict(loss=jnp.zeros((), jnp.float32), correct=jnp.zeros((), jnp.int32),
              count=jnp.zeros((), jnp.int32), nonfinite=jnp.zeros((), jnp.int32),
              first_bad=jnp.full((), -1, jnp.int32))
-  n = np.size(seeds) if np.ndim(seeds) else 0
-  return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,)) + 0, one) if n else one
+  return jax.tree.map(lambda a: jnp.full(np.shape(seeds), a), one)
 
 
 def make_eval_step(model, ds_info: dict, config, mesh, seeds=None):
