@@ -31,7 +31,8 @@ for _signal in (signal.SIGTERM, signal.SIGINT):
 
 from absl import flags  # noqa: E402  (after the handler)
 
-from vit_jax import cli, multiprocess  # noqa: E402  (after the handler)
+from vit_jax.tools import cli  # noqa: E402  (after the handler)
+from vit_jax.training import multiprocess, run_control  # noqa: E402  (neither imports JAX)
 
 cli.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.csv and summary.json go.')
@@ -88,15 +89,15 @@ def main(argv):
     cli.fail(prog, '--coordinator_address, --num_processes and --process_id launch a '
                    'multi-process run: add --config.distributed=True')
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import data, validate, workdir_lock  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import config_checks, workdir_lock  # pylint: disable=g-import-not-at-top
   try:  # Before the heavier imports: a bad value is reported in about a second.
-    validate.check_config(args.config)
-    validate.check_workdir(args.config, args.workdir, args.fresh)
+    config_checks.check_config(args.config)
+    config_checks.check_workdir(args.config, args.workdir, args.fresh)
     if jax.process_index() == 0:  # in a multi-process run only process 0 locks
       workdir_lock.check(args.workdir)  # another run in it: refused (train_lib locks it)
-  except validate.ConfigError as e:
+  except config_checks.ConfigError as e:
     _fail(prog, str(e))
-  from vit_jax import checkpoints, train_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_lib  # pylint: disable=g-import-not-at-top
   try:
     _train(train_lib, args, prog)
   except train_lib.Preempted as e:
@@ -104,8 +105,7 @@ def main(argv):
   except KeyboardInterrupt:  # Ctrl-C outside train_and_evaluate's handlers
     _fail(prog, 'interrupted; rerun the same command to resume', cli.EXIT_PREEMPTED,
           label='stopped')
-  except (validate.ConfigError, data.DataError, train_lib.TrainingError,
-          checkpoints.CheckpointError) as e:
+  except run_control.UserError as e:  # a config value, the data, a checkpoint: one line
     _fail(prog, str(e))
   except OSError as e:  # e.g. disk full while writing metrics.csv or summary.json
     _fail(prog, f'{e.strerror or e} ({e.filename or "I/O"}); fix it and rerun the same '

@@ -1,16 +1,12 @@
-"""BDIA ViT (arXiv 2407.09093), exactly reversible on a 2^-9 grid with one side bit, on MNIST:
-the original recipe.
+"""BDIA ViT (arXiv 2407.09093), exactly reversible on a 2^-9 grid with one side bit, on MNIST
+for 50 epochs.
 
     python train.py --config configs/bdia_mnist.py --workdir runs/bdia_mnist
 
-Recipe: SET-Adam, lr 1e-4, batch 128, cosine decay, 50 epochs, depth 4, MLP 256, flips and
-no crop (vit_jax/presets.py; README lists every deliberate difference from the original).
-Expected best test accuracy: none recorded (the numbers this project compares against are
-for CIFAR-10). The full recipe has not been run here yet: RESULTS.md has the reduced-budget
-numbers.
+Best test accuracy to expect: none published (the compared numbers are for CIFAR-10).
 """
-from vit_jax.presets import preset
+from vit_jax.training.config_defaults import preset
 
 
-def get_config():
+def get_config():  # the original recipe: see config_defaults.preset
   return preset('bdia', 'mnist')

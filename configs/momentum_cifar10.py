@@ -1,16 +1,12 @@
-"""momentum-residual ViT (Sander et al. 2021), exactly reversible on a 2^-9 grid, on CIFAR-10:
-the original recipe.
+"""momentum-residual ViT (Sander et al. 2021), exactly reversible on a 2^-9 grid, on CIFAR-10
+for 400 epochs.
 
     python train.py --config configs/momentum_cifar10.py --workdir runs/momentum_cifar10
 
-Recipe: SET-Adam, lr 1e-4, batch 128, cosine decay, 400 epochs, depth 6, dim 512, random
-crops and flips (vit_jax/presets.py; README lists every deliberate difference from the
-original). Expected best test accuracy: no published number for this model (the original
-left it unfinished). The full recipe has not been run here yet: RESULTS.md has the reduced-
-budget numbers.
+Best test accuracy to expect: no published number (the original left this model unfinished).
 """
-from vit_jax.presets import preset
+from vit_jax.training.config_defaults import preset
 
 
-def get_config():
+def get_config():  # the original recipe: see config_defaults.preset
   return preset('momentum', 'cifar10')

@@ -122,13 +122,13 @@ for v in bdia momentum; do
   for s in f32 bf16 f32_seeds3 bf16_seeds3; do
     f=(); [[ $s == bf16* ]] && f+=(--config.bf16=True)
     [[ $s == *seeds3 ]] && f+=(--config.parallel_seeds=3)
-    launch "verify_${v}_$s" $P1_END $PY -m vit_jax.verify --config "configs/${v}_cifar10.py" \
+    launch "verify_${v}_$s" $P1_END $PY -m vit_jax.tools.verify --config "configs/${v}_cifar10.py" \
       "${f[@]}" "${VERIFY[@]}" --json "$WORK/verify/${v}_$s.json"
   done
 done
 for d in f32 bf16; do
   for k in ${BENCH_SEEDS//,/ }; do
-    launch "bench_compile_${d}_seeds$k" $P1_END $PY -m vit_jax.bench --variants $VARIANTS \
+    launch "bench_compile_${d}_seeds$k" $P1_END $PY -m vit_jax.tools.bench --variants $VARIANTS \
       "${BENCH[@]}" --steps 1 --warmup 0 --parallel-seeds "$k" --config.bf16="${BF16[$d]}"
   done
 done
@@ -138,7 +138,7 @@ wait "${PIDS[@]}"  # not a bare `wait`: that would wait for the `tee` above too
 #    is tracing + loading; the bench_compile logs have the compile times, measured in parallel).
 for d in f32 bf16; do
   [[ $d == f32 ]] && lim=$(cap 15 30) || lim=$(cap 13 22)
-  stage "bench_$d" "$lim" $PY -m vit_jax.bench --variants $VARIANTS "${BENCH[@]}" \
+  stage "bench_$d" "$lim" $PY -m vit_jax.tools.bench --variants $VARIANTS "${BENCH[@]}" \
     --parallel-seeds "$BENCH_SEEDS" --config.bf16="${BF16[$d]}" \
     --csv "$WORK/bench/bench_$d.csv" --markdown "$WORK/bench/bench_$d.md"
 done
@@ -154,12 +154,12 @@ else
   EPOCHS=$($PY scripts/gpu_check_plan.py --seconds "$LEFT" --examples "$EXAMPLES" --logs \
     "$WORK"/logs/bench_compile_f32_*.log "$WORK/logs/bench_f32.log" 2>"$WORK/logs/plan.log") || EPOCHS=1
   cat "$WORK/logs/plan.log"
-  stage "compare_${EPOCHS}_epochs" "$LEFT" $PY -m vit_jax.compare --dataset "folder:$DATA" \
+  stage "compare_${EPOCHS}_epochs" "$LEFT" $PY -m vit_jax.tools.compare --dataset "folder:$DATA" \
     --variants $VARIANTS --seeds 3 --workdir "$WORK/compare" --config.num_epochs="$EPOCHS" \
     --config.progress_bar=False --config.tensorboard=False --config.checkpoint_every_epochs=0 \
     "${TRAIN[@]}" ||
     { [[ -d $WORK/compare ]] && stage report $((BUDGET - SECONDS - 3)) \
-        $PY -m vit_jax.report "$WORK/compare" --out "$WORK/compare/report"; }
+        $PY -m vit_jax.tools.report "$WORK/compare" --out "$WORK/compare/report"; }
 fi
 
 # 4. Pack: a few files to read directly, everything else (no checkpoints) in one tar.gz.

@@ -2,7 +2,7 @@
 
     python3 scripts/gpu_check_plan.py --seconds S --examples N --logs LOG... [--seeds 3]
 
-Reads the JSON rows that ``python -m vit_jax.bench`` prints on stderr (one per
+Reads the JSON rows that ``python -m vit_jax.tools.bench`` prints on stderr (one per
 configuration, also when the bench was cut short) from LOG files, takes each variant's
 float32 step time at ``--seeds`` parallel seeds (the comparison's program; a later log's
 row replaces an earlier one's) and its largest compile time (the uncached one), and prints the largest epoch count E (at least 1) with

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from vit_jax import program
+from vit_jax.training import program
 
 
 def main(variant: str, batch: int = 128, steps: int = 2, rounds: int = 2) -> None:

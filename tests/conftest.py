@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from vit_jax import model
+import train_helpers as th
+from vit_jax.models import vit as model
 
 TINY = dict(num_classes=3, patch_size=4, dim=16, heads=2, dim_head=8, mlp_dim=32,
             dropout=0.1, emb_dropout=0.1)
@@ -27,7 +28,7 @@ _PARAMS = {}
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  for name, value in (('jax_compilation_cache_dir', str(tmp_path_factory.getbasetemp() / 'jax_cache')),
+  for name, value in (('jax_compilation_cache_dir', str(th.compile_cache(tmp_path_factory))),
                       ('jax_persistent_cache_min_compile_time_secs', 0),
                       ('jax_persistent_cache_min_entry_size_bytes', 0)):
     jax.config.update(name, value)

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import pytest
 
 import train_helpers as th
-from vit_jax import bench, max_depth, model as model_lib, program
+from vit_jax.models import vit as model_lib
+from vit_jax.tools import bench, max_depth
+from vit_jax.training import program
 
 
 def test_bench_writes_a_well_formed_table(tmp_path, capsys):

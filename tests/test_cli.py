@@ -81,7 +81,7 @@ def _setup(tmp):
 def results(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('cli')
   _setup(tmp)
-  cache = tmp_path_factory.getbasetemp() / 'jax_cache'
+  cache = th.compile_cache(tmp_path_factory)
   jobs = []
   for case in CASES:
     args = [a.format(tmp=tmp) for a in case[1]]

@@ -4,35 +4,45 @@ import csv
 import json
 import math
 import os
+import sys
 
 import pytest
 
 import train_helpers as th
-from vit_jax import compare, workdir_lock
+from vit_jax.tools import compare
+from vit_jax.training import workdir_lock
 
 
-def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
-  """Two seeds a variant in one program (the default), then one by one: the same report."""
+def test_compare_trains_reports_and_skips_finished_runs(tmp_path_factory):
+  """Two seeds a variant in one program (the default), then one by one: the same report.
+
+  The runs are subprocesses, as a user runs compare, compiled as the other training
+  subprocesses are (``th.cli_env``: optimisation level 0, the session's cache).
+  """
+  tmp_path = tmp_path_factory.mktemp('compare')
+  env = th.cli_env(th.compile_cache(tmp_path_factory))
   data = tmp_path / 'data'
   th.make_image_folder(data, classes=3, train=16, test=4)
   args = ['--dataset', f'folder:{data}', '--variants', 'bdia', '--seeds', '2',
           '--config.num_epochs=1', '--config.batch_size=8',
           '--config.progress_bar=False', '--config.tensorboard=False',
           '--config.model.num_classes=3', *th.TINY_MODEL]
+  compare = lambda *more: th.run([sys.executable, '-m', 'vit_jax.tools.compare', *args, *more],
+                                 env)
   parallel, sequential = tmp_path / 'parallel', tmp_path / 'sequential'
-  compare.main([*args, '--workdir', str(parallel)])
+  assert compare('--workdir', str(parallel)).returncode == 0
   report = (parallel / 'report' / 'results.md').read_text()
   assert '| bdia |' in report
   for seed in (0, 1):
     summary = json.loads((parallel / 'bdia' / 'seeds0-1' / f'seed{seed}' / 'summary.json')
                          .read_text())
     assert summary['finished'] and (summary['variant'], summary['seed']) == ('bdia', seed)
-  capsys.readouterr()
-  compare.main([*args, '--workdir', str(parallel), '--target-acc', '1'])  # nothing trains again
-  assert capsys.readouterr().out.count('finished, skipped') == 1
+  again = compare('--workdir', str(parallel), '--target-acc', '1')  # nothing trains again
+  assert again.returncode == 0 and again.stdout.count('finished, skipped') == 1
   assert 'Target: 1 % (folder:' in (parallel / 'report' / 'results.md').read_text()
 
-  compare.main([*args, '--workdir', str(sequential), '--parallel-seeds', '1', '--target-acc', '1'])
+  one_by_one = compare('--workdir', str(sequential), '--parallel-seeds', '1', '--target-acc', '1')
+  assert one_by_one.returncode == 0, one_by_one.stderr
   assert (sequential / 'bdia' / 'seed1' / 'summary.json').exists()
   rows = {w: list(csv.DictReader(open(w / 'report' / 'results.csv'))) for w in (parallel, sequential)}
   assert [r['label'] for r in rows[parallel]] == [r['label'] for r in rows[sequential]] == \
@@ -49,16 +59,13 @@ def test_compare_trains_reports_and_skips_finished_runs(tmp_path, capsys):
   # A run another process holds is reported in one line and left alone; the rest go on.
   held_run = sequential / 'bdia' / 'seed0'
   (held_run / 'summary.json').unlink()  # unfinished as far as compare can tell
-  capsys.readouterr()
   with workdir_lock.WorkdirLock(str(held_run)) as held:
     held.acquire()
-    with pytest.raises(SystemExit) as stop:
-      compare.main([*args, '--workdir', str(sequential), '--parallel-seeds', '1'])
-  out, err = capsys.readouterr()
-  assert stop.value.code == 2 and out.count('finished, skipped') == 1  # seed 1
+    out = compare('--workdir', str(sequential), '--parallel-seeds', '1')
+  assert out.returncode == 2 and out.stdout.count('finished, skipped') == 1  # seed 1
   assert (f'compare: skipped: workdir {held_run} is in use by another run (pid {os.getpid()} on '
-          in err)
-  assert f'1 run(s) did not finish: {held_run} (in use by another process)' in err
+          in out.stderr)
+  assert f'1 run(s) did not finish: {held_run} (in use by another process)' in out.stderr
   assert not (held_run / 'summary.json').exists()
 
 

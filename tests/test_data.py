@@ -1,4 +1,4 @@
-"""Tests for vit_jax/data.py: fast, CPU only, no network (slow ones read ../shared/data)."""
+"""Tests for vit_jax/training/data: fast, CPU only, no network (slow ones read ../shared/data)."""
 import gzip
 import re
 import struct
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import data
-from vit_jax.data import DataError
+from vit_jax.training import data
+from vit_jax.training.data import DataError, tfds_loader
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 
@@ -195,8 +195,8 @@ def test_tfds_not_prepared_and_no_network_fails_fast(monkeypatch):
     raise AssertionError(f'Dataset {name}: could not find data in {kw["data_dir"]}.')
 
   fake_tfds = types.SimpleNamespace(load=fake_load, ReadConfig=lambda **kw: None)
-  monkeypatch.setattr(data, '_import_tfds', lambda name: fake_tfds)
-  monkeypatch.setattr(data, '_has_network', lambda: False)
+  monkeypatch.setattr(tfds_loader, '_import_tfds', lambda name: fake_tfds)
+  monkeypatch.setattr(tfds_loader, '_has_network', lambda: False)
   start = time.monotonic()
   with pytest.raises(DataError, match='not prepared in /nowhere.*no network') as e:
     data.load_dataset('mnist', data_dir='/nowhere')
@@ -207,7 +207,7 @@ def test_tfds_not_prepared_and_no_network_fails_fast(monkeypatch):
 
 def test_tfds_real_empty_data_dir_without_network(tmp_path, monkeypatch):
   pytest.importorskip('tensorflow', reason='the TFDS path needs TensorFlow')
-  monkeypatch.setattr(data, '_has_network', lambda: False)
+  monkeypatch.setattr(tfds_loader, '_has_network', lambda: False)
   start = time.monotonic()
   with pytest.raises(DataError, match='cifar10.*not prepared'):
     data.load_dataset('cifar10', data_dir=str(tmp_path))
@@ -216,7 +216,7 @@ def test_tfds_real_empty_data_dir_without_network(tmp_path, monkeypatch):
 
 def test_has_network_is_quick_when_unreachable():
   start = time.monotonic()
-  assert not data._has_network('127.0.0.1', port=1, timeout=1.0)
+  assert not tfds_loader._has_network('127.0.0.1', port=1, timeout=1.0)
   assert time.monotonic() - start < 2
 
 

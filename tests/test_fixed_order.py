@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import fixed_order
+from vit_jax.models import fixed_order
 
 
 @pytest.mark.parametrize('n', [1, 2, 5, 65, 512])

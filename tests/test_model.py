@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import BATCH, IMAGE, TINY, tiny_model, tiny_params
-from vit_jax import fixed_order, layers, model, quant, reversible, variants
+from vit_jax.models import fixed_order, layers, quant, reversible, variants, vit as model
 
 
 def _num_params(m, image_size, channels):
@@ -54,11 +54,11 @@ def test_output_shapes(variant, train):
   if train and variant in ('revvit', 'bdia', 'momentum'):
     probe = model.probe_like(m, BATCH, IMAGE)
     assert len(probe) == 2 and probe[0].shape == (3, BATCH, 5, TINY['dim'])
-    logits, trace = jax.eval_shape(
+    logits, block_inputs = jax.eval_shape(
         lambda p, x, pr: m.apply({'params': p}, x, train=True, probe=pr,
                                  rngs={'dropout': jax.random.PRNGKey(1)}), params, images, probe)
     assert logits.shape == out.shape
-    assert [t.shape for t in trace] == [pr.shape for pr in probe]
+    assert [t.shape for t in block_inputs] == [pr.shape for pr in probe]
 
 
 def test_unknown_variant_is_a_clear_error():

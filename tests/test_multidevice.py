@@ -17,11 +17,11 @@ import train_helpers as th
 SCRIPT = """
 import sys
 import jax
-from vit_jax import presets, train_lib
+from vit_jax.training import config_defaults, train_lib
 variant, data, out = sys.argv[1:]
 assert jax.device_count() == 4, jax.devices()
 for n in (1, 4):
-  c = presets.get_config()
+  c = config_defaults.get_config()
   c.model.update(variant=variant, image_size=8, num_classes=3, patch_size=4, dim=16, depth=2,
                  heads=2, dim_head=8, mlp_dim=32, dropout=0.0, emb_dropout=0.0)
   c.update(dataset='folder:' + data, batch_size=8, eval_batch_size=8, num_epochs=3,
@@ -38,7 +38,7 @@ VARIANTS = ('vit', 'bdia')
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('multidevice')
   th.make_image_folder(tmp / 'data', train=3, test=2)
-  env = th.cli_env(tmp_path_factory.getbasetemp() / 'jax_cache', devices=4)
+  env = th.cli_env(th.compile_cache(tmp_path_factory), devices=4)
   jobs = [([sys.executable, '-c', SCRIPT, v, str(tmp / 'data'), str(tmp)], env)
           for v in VARIANTS]
   for result in th.run_all(jobs):
@@ -58,4 +58,4 @@ def test_one_and_four_devices_agree(runs, variant):
   assert step1 == step4 == 3
   for a, b in zip(params4, params1):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  assert th.metrics_io.read_json(four / 'summary.json')['num_devices'] == 4
+  assert th.run_files.read_json(four / 'summary.json')['num_devices'] == 4

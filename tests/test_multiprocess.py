@@ -62,7 +62,7 @@ CHECKPOINT = """
 import sys
 import jax
 import numpy as np
-from vit_jax import checkpoints, multiprocess
+from vit_jax.training import checkpoints, multiprocess
 k, address, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 multiprocess.initialize(address, 2, k)
 rep = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ('data',)),
@@ -107,7 +107,7 @@ def _start_pair(tmp, workdir, env, *extra):
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('multiprocess')
   th.make_image_folder(tmp / 'data', train=3, test=2)
-  cache = tmp_path_factory.getbasetemp() / 'jax_cache'
+  cache = th.compile_cache(tmp_path_factory)
   work = tmp / 'two_processes'
   proc0, proc1 = _start_pair(tmp, work, th.cli_env(cache, devices=1),
                              '--config.num_epochs=100000', '--config.keep_checkpoints=0')
@@ -174,7 +174,7 @@ def test_killing_one_process_stops_the_other_with_one_line(runs):
 
 
 def test_checkpoint_reaches_every_process_bit_for_bit(tmp_path, tmp_path_factory):
-  env = th.cli_env(tmp_path_factory.getbasetemp() / 'jax_cache', devices=1)
+  env = th.cli_env(th.compile_cache(tmp_path_factory), devices=1)
   address = f'127.0.0.1:{_free_port()}'
   results = th.run_all([([sys.executable, '-c', CHECKPOINT, str(k), address, str(tmp_path)], env)
                         for k in (0, 1)], timeout=120)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from vit_jax import optim
+from vit_jax.training import optim
 
 SHAPES = {'w': (4, 3), 'b': (5,), 'blk': {'k': (2, 3, 2)}}
 

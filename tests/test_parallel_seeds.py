@@ -22,11 +22,11 @@ EPOCHS = 20
 RUN = [*th.TINY, f'--config.num_epochs={EPOCHS}', '--config.checkpoint_every_epochs=0']
 SCRIPT = """
 import sys
-from vit_jax import presets, train_lib
+from vit_jax.training import config_defaults, train_lib
 variant, out, *overrides = sys.argv[1:]
 for seed, n, name in ((0, 3, 'parallel'), (0, 1, 'seed0'), (2, 1, 'seed2')):
-  c = presets.preset(variant, 'cifar10')
-  presets.apply_overrides(c, overrides)
+  c = config_defaults.preset(variant, 'cifar10')
+  config_defaults.apply_overrides(c, overrides)
   c.seed, c.parallel_seeds = seed, n
   train_lib.train_and_evaluate(c, f'{out}/{variant}_{name}')
 """
@@ -34,16 +34,16 @@ for seed, n, name in ((0, 3, 'parallel'), (0, 1, 'seed0'), (2, 1, 'seed2')):
 NAN_SCRIPT = """
 import sys
 import jax, jax.numpy as jnp
-from vit_jax import presets, steps, train_lib
-real = steps.create_state
+from vit_jax.training import config_defaults, train_lib, train_step
+real = train_step.create_state
 def huge_for_seed_1(model, tx, image_shape, seed):
   state = real(model, tx, image_shape, seed)
   return state.replace(params=jax.tree.map(lambda p: jnp.where(seed == 1, p * 1e30, p),
                                            state.params))
-steps.create_state = huge_for_seed_1
+train_step.create_state = huge_for_seed_1
 out, *overrides = sys.argv[1:]
-c = presets.preset('vit', 'cifar10')
-presets.apply_overrides(c, overrides)
+c = config_defaults.preset('vit', 'cifar10')
+config_defaults.apply_overrides(c, overrides)
 c.parallel_seeds, c.vmap_seeds = 3, 3  # vectorised: the step's cond becomes a select
 try:
   train_lib.train_and_evaluate(c, out)
@@ -57,7 +57,7 @@ VARIANTS = ('vit', 'bdia')
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('parallel')
   th.make_image_folder(tmp / 'data', train=3, test=2)
-  env = th.cli_env(tmp_path_factory.getbasetemp() / 'jax_cache')
+  env = th.cli_env(th.compile_cache(tmp_path_factory))
   overrides = [f'--config.dataset=folder:{tmp / "data"}', *RUN]
   vmap = {'vit': [], 'bdia': ['--config.vmap_seeds=3']}
   jobs = [([sys.executable, '-c', SCRIPT, v, str(tmp), *overrides, *vmap[v]], env)
@@ -94,9 +94,9 @@ def test_each_parallel_model_trains_as_its_single_seed_run(runs, variant):
     # step); measured: at most 4.4e-6 apart (bdia).
     for a, b in zip([x[seed] for x in stacked], th.final_leaves(alone)[1]):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    config = th.metrics_io.read_json(mine / 'config.json')
+    config = th.run_files.read_json(mine / 'config.json')
     assert (config['seed'], config['parallel_seeds']) == (seed, 3)
-    summary = th.metrics_io.read_json(mine / 'summary.json')
+    summary = th.run_files.read_json(mine / 'summary.json')
     assert summary['finished'] and summary['seed'] == seed and summary['parallel_seeds'] == 3
   assert losses[0] != losses[2], 'the models must differ: each has its own seed'
 
@@ -132,11 +132,11 @@ def test_one_models_nan_stops_that_model_only(runs):
   run = tmp / 'nan'
   assert ('TrainingError: 1 of 3 models stopped: seed 1: loss or gradients became NaN/Inf at '
           'step 1 (epoch 1, step 1 of 1)') in stdout
-  stopped = th.metrics_io.read_json(run / 'seed1' / 'summary.json')
+  stopped = th.run_files.read_json(run / 'seed1' / 'summary.json')
   assert not stopped['finished'] and 'NaN/Inf at step 1' in stopped['stopped']
   assert th.metric_rows(run / 'seed1') == []
   for seed in (0, 2):
-    summary = th.metrics_io.read_json(run / f'seed{seed}' / 'summary.json')
+    summary = th.run_files.read_json(run / f'seed{seed}' / 'summary.json')
     assert summary['finished'] and summary['stopped'] is None
     rows = th.metric_rows(run / f'seed{seed}')
     assert len(rows) == 2 and np.isfinite(np.array([r[2:] for r in rows], float)).all()

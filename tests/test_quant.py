@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import quant, variants
+from vit_jax.models import quant, variants
 
 L = 9               # grid 2^-9, the default quant_bits
 STEP = 2.0 ** -L

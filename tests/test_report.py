@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from vit_jax import report
+from vit_jax.tools import report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -244,9 +244,9 @@ def test_malformed_metrics_error(tmp_path, content, message):
 def test_cli_exit_status(tmp_path):
   (tmp_path / 'empty').mkdir()
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  proc = subprocess.run([sys.executable, '-m', 'vit_jax.report', str(tmp_path / 'empty'),
+  proc = subprocess.run([sys.executable, '-m', 'vit_jax.tools.report', str(tmp_path / 'empty'),
                          '--out', str(tmp_path / 'o')], capture_output=True, text=True, env=env,
                         cwd=tmp_path, timeout=60, check=False)
   assert proc.returncode != 0
   last_line = proc.stderr.strip().splitlines()[-1]
-  assert last_line.startswith('vit_jax.report: error: no run directories')
+  assert last_line.startswith('report: error: no run directories')

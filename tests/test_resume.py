@@ -39,7 +39,7 @@ runpy.run_path('train.py', run_name='__main__')
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
-  return th.cli_env(tmp_path_factory.getbasetemp() / 'jax_cache')
+  return th.cli_env(th.compile_cache(tmp_path_factory))
 
 
 @pytest.fixture(scope='module')
@@ -94,11 +94,11 @@ def _assert_same_as(reference, workdir):
 
 def test_uninterrupted_run_writes_everything(reference):
   assert sorted(os.listdir(reference / 'checkpoints')) == ['14', '16', '18']
-  summary = th.metrics_io.read_json(reference / 'summary.json')
+  summary = th.run_files.read_json(reference / 'summary.json')
   assert summary['finished'] and summary['epochs_completed'] == 3
   assert summary['compile_time_s'] > 0 and summary['last_checkpoint_step'] == 18
   assert [r[:2] for r in th.metric_rows(reference)] == [('1', '6'), ('2', '12'), ('3', '18')]
-  assert th.metrics_io.read_json(reference / 'config.json')['num_epochs'] == 3
+  assert th.run_files.read_json(reference / 'config.json')['num_epochs'] == 3
 
 
 def test_second_run_on_a_live_workdir_is_refused(tmp, cold):
@@ -267,4 +267,4 @@ def test_disk_full_keeps_previous_checkpoint_then_extends(tmp, env, reference):
   assert extended.returncode == 0, extended.stderr
   rows = th.metric_rows(work)
   assert rows[:3] == th.metric_rows(reference) and [r[:2] for r in rows[3:]] == [('4', '24')]
-  assert th.metrics_io.read_json(work / 'summary.json')['epochs_completed'] == 4
+  assert th.run_files.read_json(work / 'summary.json')['epochs_completed'] == 4

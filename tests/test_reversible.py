@@ -25,7 +25,7 @@ import optax
 import pytest
 
 from conftest import BATCH, IMAGE, rel_err, tiny_model, tiny_params, xent
-from vit_jax import model, variants
+from vit_jax.models import variants, vit as model
 
 EXACT = ('bdia', 'momentum')
 REVERSIBLE = ('revvit', 'bdia', 'momentum')
@@ -69,9 +69,9 @@ def probe_step(m, images, labels):
   """(params, probe) -> ((loss, forward block inputs), (param grads, rebuilt block inputs))."""
   key = jax.random.PRNGKey(DROPOUT_KEY)
   def loss(params, probe):
-    logits, trace = m.apply({'params': params}, images, train=True, probe=probe,
+    logits, block_inputs = m.apply({'params': params}, images, train=True, probe=probe,
                             rngs={'dropout': key})
-    return xent(logits, labels), trace
+    return xent(logits, labels), block_inputs
   return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
 
 

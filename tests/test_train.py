@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import train_helpers as th
-from vit_jax import metrics_io, presets, train_lib, validate
+from vit_jax.training import config_checks, config_defaults, run_files, train_lib
 
 CONFIGS = sorted((th.ROOT / 'configs').glob('*_*.py'))
 OVERRIDES = ['--config.num_epochs=7', '--config.model.dim=48', '--config.learning_rate=0.5',
@@ -40,17 +40,17 @@ def test_config_file_loads_and_overrides_parse(path):
   variant, dataset = path.stem.split('_')
   config = _load(path)
   assert (config.model.variant, config.dataset) == (variant, dataset)
-  validate.check_config(config, num_devices=1)
+  config_checks.check_config(config, num_devices=1)
   config = _load(path, *OVERRIDES)
   assert (config.num_epochs, config.model.dim, config.learning_rate) == (7, 48, 0.5)
   assert (config.dataset, config.bf16, config.bdia.quant_bits) == ('folder:/data/x', True, 8)
   assert (config.checkpoint_every_steps, config.on_nonfinite) == (100, 'skip')
-  validate.check_config(config, num_devices=1)
+  config_checks.check_config(config, num_devices=1)
   assert isinstance(config.learning_rate, float) and isinstance(config.num_epochs, int)
 
 
 def _tiny_config(data, **fields):
-  c = presets.get_config()
+  c = config_defaults.get_config()
   c.model.update(image_size=8, num_classes=2, patch_size=4, dim=16, depth=2, heads=2,
                  dim_head=8, mlp_dim=32, dropout=0.0, emb_dropout=0.0)
   c.update(dataset=f'folder:{data}', batch_size=8, eval_batch_size=8, num_epochs=1,
@@ -73,7 +73,7 @@ def test_two_step_train_and_eval(tmp_path, caplog):
   assert json.loads((work / 'config.json').read_text()) == config.to_dict()
   with open(work / 'metrics.csv', newline='') as f:
     (row,) = list(csv.DictReader(f))
-  assert tuple(row) == metrics_io.COLUMNS
+  assert tuple(row) == run_files.COLUMNS
   assert (row['epoch'], row['step']) == ('1', '2') and float(row['images_per_s']) > 0
   assert np.isfinite([float(row[k]) for k in ('train_loss', 'val_loss', 'peak_memory_mib')]).all()
   assert os.listdir(work / 'checkpoints') == ['2']
@@ -85,7 +85,7 @@ def test_two_step_train_and_eval(tmp_path, caplog):
   again = train_lib.train_and_evaluate(config, str(work))
   assert time.perf_counter() - t0 < 10 and again['compile_time_s'] == 0.0
   assert again['epochs_completed'] == 1 and again['final_val_acc'] == summary['final_val_acc']
-  assert len(metrics_io.MetricsCsv(str(work)).rows()) == 1
+  assert len(run_files.MetricsCsv(str(work)).rows()) == 1
 
   # Without config.json the checkpoint itself refuses another run's config.
   (work / 'config.json').unlink()
@@ -106,7 +106,7 @@ def test_mnist_small_vit_learns(tmp_path):
   On 2 CPU cores it reaches 92.1% after 6 epochs (20 s of training, ~35 s in all); the
   90% threshold leaves a margin for other platforms' numerics and seeds.
   """
-  config = presets.preset('vit', 'mnist')
+  config = config_defaults.preset('vit', 'mnist')
   config.model.update(patch_size=7, dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128,
                       dropout=0.0, emb_dropout=0.0)
   config.update(dataset=f'mnist_idx:{MNIST}', num_epochs=6, batch_size=32, optimizer='adamw',
@@ -121,21 +121,21 @@ def test_mnist_small_vit_learns(tmp_path):
 
 def test_workdir_written_before_a_new_field_still_resumes(tmp_path):
   """A config.json from an older version lacks new fields: their defaults match."""
-  config = presets.get_config()
+  config = config_defaults.get_config()
   old = config.to_dict()
   del old['train_examples'], old['model']['emb_dropout']
   (tmp_path / 'config.json').write_text(json.dumps(old))
-  validate.check_workdir(config, str(tmp_path))  # no error
+  config_checks.check_workdir(config, str(tmp_path))  # no error
   config.train_examples = 100
-  with pytest.raises(validate.ConfigError, match='train_examples'):
-    validate.check_workdir(config, str(tmp_path))
+  with pytest.raises(config_checks.ConfigError, match='train_examples'):
+    config_checks.check_workdir(config, str(tmp_path))
 
 
 def test_missing_tensorboard_is_one_warning_not_an_error(tmp_path, monkeypatch, caplog):
   import flax.metrics
   monkeypatch.delattr(flax.metrics, 'tensorboard', raising=False)
   monkeypatch.setitem(sys.modules, 'flax.metrics.tensorboard', None)  # import fails
-  tb = metrics_io.TensorBoard(str(tmp_path), enabled=True)
+  tb = run_files.TensorBoard(str(tmp_path), enabled=True)
   tb.scalars(1, {'loss': 1.0})
   assert tb.writer is None and 'no TensorBoard events (' in caplog.text
   assert '--config.tensorboard=False' in caplog.text
@@ -143,15 +143,15 @@ def test_missing_tensorboard_is_one_warning_not_an_error(tmp_path, monkeypatch, 
 
 def test_presets_augment_as_the_original():
   """CIFAR-10: random crops (padding 4) and flips; MNIST: flips and no crop."""
-  from vit_jax import data, steps
+  from vit_jax.training import data
   digits = data.Dataset('mnist', *(np.zeros((2, 8, 8, 1), np.uint8), np.zeros(2, np.int32)) * 2,
                         data.MNIST_CLASSES, data.MNIST_MEAN, data.MNIST_STD, flip=False)
-  mnist, cifar = presets.preset('vit', 'mnist'), presets.preset('vit', 'cifar10')
+  mnist, cifar = config_defaults.preset('vit', 'mnist'), config_defaults.preset('vit', 'cifar10')
   mnist.batch_size = cifar.batch_size = 1
-  assert {k: steps.dataset_info(digits, mnist)[k] for k in ('flip', 'crop_padding')} == \
+  assert {k: data.dataset_info(digits, mnist)[k] for k in ('flip', 'crop_padding')} == \
       {'flip': True, 'crop_padding': 0}
   # 'auto' leaves single-channel images unflipped; 'no' never flips
-  assert steps.dataset_info(digits, cifar)['flip'] is False
-  assert steps.dataset_info(digits, cifar)['crop_padding'] == 4
+  assert data.dataset_info(digits, cifar)['flip'] is False
+  assert data.dataset_info(digits, cifar)['crop_padding'] == 4
   cifar.random_flip = 'no'
-  assert steps.dataset_info(dataclasses.replace(digits, flip=True), cifar)['flip'] is False
+  assert data.dataset_info(dataclasses.replace(digits, flip=True), cifar)['flip'] is False

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import train_helpers as th
-from vit_jax import exactness, model as model_lib, steps, train_lib, variants, verify
+from vit_jax.models import variants, vit as model_lib
+from vit_jax.tools import verify
+from vit_jax.training import exactness, parallel, train_lib
 
 
 def test_verify_passes_on_the_exact_engine_in_a_seed_parallel_program():
@@ -39,7 +41,7 @@ def test_exactness_guard_passes_then_stops_on_a_broken_inverse(monkeypatch):
   labels, perm, seed = jnp.arange(8) % 3, jnp.arange(8), np.int32(0)
   m = model_lib.build(c)
   params = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  guard = lambda: exactness.ExactnessGuard(m, info, c, seed, steps.make_mesh())
+  guard = lambda: exactness.ExactnessGuard(m, info, c, seed, parallel.make_mesh())
   assert guard().check(params, seed, images, labels, perm, 1) == 0
   good = variants.make_variant('bdia')
   cp = good.couplings[0]

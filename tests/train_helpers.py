@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from vit_jax import checkpoints, metrics_io, presets  # noqa: F401  (used by the test modules)
+from vit_jax.training import checkpoints, config_defaults, run_files  # noqa: F401  (for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
@@ -34,8 +34,8 @@ TINY = TINY_MODEL + ['--config.model.num_classes=3', '--config.batch_size=8',
 
 def tiny_config(variant: str, *overrides: str):
   """The CIFAR-10 preset of ``variant`` with TINY_MODEL and ``overrides`` applied."""
-  c = presets.preset(variant, 'cifar10')
-  presets.apply_overrides(c, [*TINY_MODEL, *overrides])
+  c = config_defaults.preset(variant, 'cifar10')
+  config_defaults.apply_overrides(c, [*TINY_MODEL, *overrides])
   return c
 
 
@@ -52,6 +52,14 @@ def make_image_folder(root: Path, classes: int = 3, train: int = 16, test: int =
         image[..., k % 3] += 160
         Image.fromarray(image).save(folder / f'{i}.png')
   return root
+
+
+def compile_cache(tmp_path_factory) -> Path:
+  """The session's persistent compilation cache, shared by the pytest-xdist workers, their
+  in-process tests and the subprocesses: a program that several test files compile (the
+  tiny training programs above all) is compiled once."""
+  base = tmp_path_factory.getbasetemp()
+  return (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'jax_cache'
 
 
 def cli_env(cache_dir, devices: int = 1) -> dict:
@@ -114,7 +122,7 @@ def metric_rows(workdir, columns=DETERMINISTIC) -> list[tuple]:
 def tree_digest(path) -> dict:
   """{relative file path: sha256} of everything under ``path`` but the workdir lock file.
 
-  ``.lock`` names the last process that held the workdir (``vit_jax.workdir_lock``);
+  ``.lock`` names the last process that held the workdir (``vit_jax.training.workdir_lock``);
   every run that gets the lock rewrites it, even one that then refuses its input.
   """
   path = Path(path)

@@ -1,4 +1,4 @@
-"""Comparison plots for ``vit_jax.report``: PNGs drawn with matplotlib's Agg canvas.
+"""Comparison plots for ``vit_jax.tools.report``: PNGs drawn with matplotlib's Agg canvas.
 
 matplotlib is optional and imported lazily; without it the plots are skipped with a note.
 Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas, not pyplot, so no
@@ -185,7 +185,7 @@ def write_plots(rows: Sequence[dict], curves: Mapping[str, Sequence[Mapping[str,
   """Writes val_acc.png, val_acc_vs_time.png, train_loss.png, memory.png and
   acc_vs_memory.png; returns their paths.
 
-  ``rows`` are ``vit_jax.report`` group rows; ``curves`` maps a row's label to its runs'
+  ``rows`` are ``vit_jax.tools.report`` group rows; ``curves`` maps a row's label to its runs'
   metrics.csv columns (arrays keyed 'epoch', 'val_acc', 'train_loss', ...). A plot whose
   data are missing is skipped with a printed note, as are all plots without matplotlib.
   """

@@ -1,6 +1,6 @@
 """The training loop: chunks of steps on the device, one host sync a chunk.
 
-A chunk is one call of the compiled ``steps.make_train_chunk`` program: a device loop of
+A chunk is one call of the compiled ``train_step.make_train_chunk`` program: a device loop of
 up to a whole epoch's steps for every model of the run, with the data set already on the
 device. Chunks end where the host has work to do: at an epoch's end (evaluation, a row
 of metrics.csv), at a checkpoint, at an exactness check. Their length is
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from vit_jax import steps
-from vit_jax.run_control import Preempted, TrainingError, nonfinite_error
+from vit_jax.training import evaluation, parallel, train_step
+from vit_jax.training.run_control import nonfinite_error, Preempted, TrainingError
 
 DISPATCH_SECONDS = 2.0  # target length of one chunk when config.steps_per_dispatch is 0
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class TrainLoop:
     self.saved_step = progress.step
     self.chunk = self.c.steps_per_dispatch or 1
     self.clock = time.perf_counter()
-    self.rep = steps.replicated(run.mesh)
+    self.rep = parallel.replicated(run.mesh)
 
   # ------------------------------------------------------------------ bookkeeping
   def live(self) -> np.ndarray:
@@ -121,7 +121,7 @@ class TrainLoop:
     """Evaluates every live model, appends its metrics row, resets the sums."""
     r, c = self.run, self.c
     host = jax.device_get(self.sums)
-    val_loss, val_acc = steps.evaluate(r.eval_step, self.state.params, r.ds.test_images,
+    val_loss, val_acc = evaluation.evaluate(r.eval_step, self.state.params, r.ds.test_images,
                                        r.ds.test_labels, c.eval_batch_size, r.mesh)
     memory, source = peak_memory(self.compiled)
     epoch_time, accs = self.epoch_elapsed(), []
@@ -145,7 +145,7 @@ class TrainLoop:
       if r.primary:
         folder.metrics.append(row)
         folder.tb.scalars(step, row)
-    self.sums = jax.device_put(steps.zero_sums(r.seeds), self.rep)
+    self.sums = jax.device_put(train_step.zero_sums(r.seeds), self.rep)
     rate = r.spe * c.batch_size * len(accs) / max(epoch_time, 1e-9)
     if self.several:
       tqdm.write(f"epoch {epoch + 1}: val acc {' '.join(f'{a:.4f}' for a in accs)} | "
@@ -167,7 +167,7 @@ class TrainLoop:
     while p.step < total and len(p.stopped) < len(self.seed_list):
       epoch = p.step // spe
       if bar is None:
-        perm = jax.device_put(steps.epoch_permutation(r.seeds, epoch, r.n_train), self.rep)
+        perm = jax.device_put(train_step.epoch_permutation(r.seeds, epoch, r.n_train), self.rep)
         bar = tqdm(total=spe, initial=p.step % spe, desc=f'epoch {epoch + 1}/{c.num_epochs}',
                    disable=not c.progress_bar, leave=False)
       n = min(self.chunk, self._next_stop(p.step) - p.step)

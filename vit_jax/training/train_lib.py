@@ -9,7 +9,7 @@ accuracies; times differ). Order of work, so that bad input costs nothing:
   config checks -> workdir checks (read only) -> data -> checkpoint checks -> writes -> compile
 
 With ``config.parallel_seeds`` = N > 1 the run trains the N models with seeds
-``seed … seed+N-1`` in one program (``steps.over_models``); model k's metrics.csv,
+``seed … seed+N-1`` in one program (``parallel.over_models``); model k's metrics.csv,
 summary.json and config.json go to ``workdir/seed<seed+k>/``, the one checkpoint of all
 models to ``workdir/checkpoints``. The loop itself is ``train_loop.TrainLoop``.
 
@@ -28,10 +28,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from vit_jax import checkpoints, data, exactness, metrics_io, model as model_lib, optim, steps
-from vit_jax import validate, workdir_lock
-from vit_jax.run_control import Preempted, Signals, TrainingError  # noqa: F401  (public here)
-from vit_jax.train_loop import Progress, TrainLoop
+from vit_jax.models import variants, vit as model_lib
+from vit_jax.training import checkpoints, config_checks, data, evaluation, exactness, optim
+from vit_jax.training import parallel, run_files, train_step, workdir_lock
+from vit_jax.training.run_control import Preempted, Signals, TrainingError  # noqa: F401  (public)
+from vit_jax.training.train_loop import Progress, TrainLoop
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Run:
   ckpt: checkpoints.Checkpoints
   signals: Signals
   primary: bool              # this process writes files
-  folders: list              # metrics_io.ModelFolder per model
+  folders: list              # run_files.ModelFolder per model
   eval_step: Any = None      # the rest is set when training starts
   images: Any = None         # the training set on the device(s)
   labels: Any = None
@@ -68,34 +69,35 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None):
   only); ``workdir_lock.WorkdirLocked`` if another run holds it.
   """
   with Signals() as signals, workdir_lock.WorkdirLock(workdir, jax.process_index() == 0) as lock:
-    return _run(config, workdir, fresh, list(devices or jax.devices()), signals, lock)
+    return _prepare(config, workdir, fresh, list(devices or jax.devices()), signals, lock)
 
 
-def _run(config, workdir, fresh, devices, signals, lock):
-  validate.check_config(config, num_devices=len(devices))
-  validate.check_workdir(config, workdir, fresh)
+def _prepare(config, workdir, fresh, devices, signals, lock):
+  """Checks, data, model and restore, in the order that makes bad input cost nothing."""
+  config_checks.check_config(config, num_devices=len(devices))
+  config_checks.check_workdir(config, workdir, fresh)
   lock.acquire()  # an existing workdir: before anything is read from it or written
   ds = data.subset(data.load_dataset(config.dataset, config.data_dir),
                    config.train_examples, config.eval_examples)
   signals.check('while the data was loading')
-  validate.check_dataset_matches(config, ds)
+  config_checks.check_dataset_matches(config, ds)
   if ds.note:
     log.info('%s', ds.note)
 
-  mesh = steps.make_mesh(devices)
-  info = steps.dataset_info(ds, config)
-  spe, n_train, seeds = info['steps_per_epoch'], len(ds.train_labels), steps.model_seeds(config)
+  mesh = parallel.make_mesh(devices)
+  info = data.dataset_info(ds, config)
+  spe, n_train, seeds = info['steps_per_epoch'], len(ds.train_labels), parallel.model_seeds(config)
   model = model_lib.build(config)
   tx = optim.make_optimizer(config, spe)
   image_shape = ds.train_images.shape[1:]
-  rep = steps.replicated(mesh)
-  init = jax.jit(lambda: steps.create_states(model, tx, image_shape, seeds), out_shardings=rep)
-  abstract = {'state': jax.eval_shape(init), 'sums': jax.eval_shape(steps.zero_sums, seeds)}
+  rep = parallel.replicated(mesh)
+  init = jax.jit(lambda: train_step.create_states(model, tx, image_shape, seeds), out_shardings=rep)
+  abstract = {'state': jax.eval_shape(init), 'sums': jax.eval_shape(train_step.zero_sums, seeds)}
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), abstract)
 
   primary = jax.process_index() == 0
   if fresh and primary:
-    metrics_io.move_aside(workdir)
+    run_files.move_aside(workdir)
   if primary:  # the other processes write nothing (checkpoints.py: process 0 alone)
     os.makedirs(workdir, exist_ok=True)
   lock.acquire()  # a workdir just created, or the new one after --fresh
@@ -108,7 +110,7 @@ def _run(config, workdir, fresh, devices, signals, lock):
           f'the checkpoint at step {restored[0]} was made with {meta.get("train_images")} '
           f'training images ({meta.get("steps_per_epoch")} steps per epoch), the data set now '
           f'has {n_train} ({spe}); restore the data set, or rerun with --fresh')
-    changed = validate.run_changes(meta['config'], config) if 'config' in meta else []
+    changed = config_checks.run_changes(meta['config'], config) if 'config' in meta else []
     if changed:  # config.json may be gone; the checkpoint still knows its run
       raise TrainingError(
           f'the checkpoint at step {restored[0]} belongs to a run with another config '
@@ -123,23 +125,23 @@ def _run(config, workdir, fresh, devices, signals, lock):
 
 
 def _train(run, model, info, init, restored):
-  config, workdir, rep = run.config, run.ckpt.workdir, steps.replicated(run.mesh)
+  config, workdir, rep = run.config, run.ckpt.workdir, parallel.replicated(run.mesh)
   if restored:
     start, item, meta = restored
     state, sums, progress = item['state'], item['sums'], Progress.from_meta(start, meta)
     log.info('resuming from the checkpoint at step %d (epoch %d) in %s', start,
              start // run.spe + 1, run.ckpt.directory)
   else:
-    state, sums, progress = init(), jax.device_put(steps.zero_sums(run.seeds), rep), Progress()
+    state, sums, progress = init(), jax.device_put(train_step.zero_sums(run.seeds), rep), Progress()
   start, total = progress.step, config.num_epochs * run.spe
   params_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   params_count //= max(np.size(run.seeds), 1)
   training = not (start >= total and progress.epochs_done >= start // run.spe)
   events = training and config.get('tensorboard', True)
-  run.folders = [metrics_io.ModelFolder(d, run.primary, events)
-                 for d in metrics_io.model_dirs(workdir, run.seeds)]
+  run.folders = [run_files.ModelFolder(d, run.primary, events)
+                 for d in run_files.model_dirs(workdir, run.seeds)]
   if run.primary:
-    metrics_io.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    run_files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     for folder, cfg in zip(run.folders, _model_configs(config, run.seeds)):
       folder.write_json('config.json', cfg)
       folder.metrics.keep_epochs_up_to(progress.epochs_done)
@@ -151,10 +153,10 @@ def _train(run, model, info, init, restored):
 
   run.images, run.labels = jax.device_put((run.ds.train_images, run.ds.train_labels), rep)
   run.seeds_on_device = jax.device_put(run.seeds, rep)
-  run.eval_step = steps.make_eval_step(model, info, config, run.mesh, run.seeds)
-  chunk = steps.make_train_chunk(model, info, config, run.mesh, run.seeds)
+  run.eval_step = evaluation.make_eval_step(model, info, config, run.mesh, run.seeds)
+  chunk = train_step.make_train_chunk(model, info, config, run.mesh, run.seeds)
   t0 = time.perf_counter()
-  perm = steps.epoch_permutation(run.seeds, start // run.spe, run.n_train)
+  perm = train_step.epoch_permutation(run.seeds, start // run.spe, run.n_train)
   live = np.ones(np.shape(run.seeds), bool)
   compiled = chunk.lower(state, sums, run.seeds_on_device, jax.device_put(live, rep),
                          run.images, run.labels, jax.device_put(perm, rep),
@@ -165,8 +167,7 @@ def _train(run, model, info, init, restored):
            params_count, f' per model, {np.size(run.seeds)} models' if np.ndim(run.seeds) else '',
            run.spe)
   guard = None
-  if config.exactness_check_every_steps and model_lib.variants.make_variant(
-      config.model.variant).reversible:
+  if config.exactness_check_every_steps and variants.make_variant(config.model.variant).reversible:
     guard = exactness.ExactnessGuard(model, info, config, run.seeds, run.mesh)
   if restored:
     run.signals.last_checkpoint = f'the last checkpoint is step {start} in {run.ckpt.directory}'

@@ -12,19 +12,22 @@ import tempfile
 
 import jax
 
-from vit_jax import presets, variants
-from vit_jax.optim import OPTIMIZERS, SCHEDULES
+from vit_jax.models import variants
+from vit_jax.training import config_defaults
+from vit_jax.training.optim import OPTIMIZERS, SCHEDULES
+from vit_jax.training.run_control import UserError
 
 DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
 RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',
                      'steps_per_dispatch', 'vmap_seeds',
                      'checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
-                     'exactness_check_every_steps', 'exactness_check_action', 'on_nonfinite', 'eval_batch_size',
+                     'exactness_check_every_steps', 'exactness_check_action', 'on_nonfinite',
+                     'eval_batch_size',
                      'data_dir', 'distributed')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A bad config value; the message names the field and the fix."""
 
 
@@ -138,7 +141,7 @@ def _with_defaults(old: dict, defaults: dict) -> dict:
 
 def run_changes(old: dict, config) -> list[str]:
   """Fields in which ``config`` describes another run than the saved config dict ``old``."""
-  old = _with_defaults(old, presets.get_config().to_dict())
+  old = _with_defaults(old, config_defaults.get_config().to_dict())
   return [f for f in changed_fields(old, config.to_dict()) if f not in RESUMABLE_CHANGES]
 
 

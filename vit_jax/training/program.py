@@ -1,21 +1,22 @@
 """The training program as a library: one config's compiled step, from abstract shapes.
 
 ``bench`` times it, ``max_depth`` and ``compare --parallel-seeds auto`` read its memory:
-each lowers the same program that training runs (``steps.make_train_chunk``) without
+each lowers the same program that training runs (``train_step.make_train_chunk``) without
 allocating anything.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import model as model_lib, optim, presets, steps
+from vit_jax.models import vit as model_lib
+from vit_jax.training import config_defaults, optim, parallel, train_step
 
 
 def make_config(variant: str, depth: int, batch: int, overrides: list[str], models: int = 1):
   """The CIFAR-10 preset with ``variant``, ``depth``, ``batch`` (per model), ``models``
   seed-parallel models and --config.* overrides."""
-  c = presets.preset(variant, 'cifar10')
-  presets.apply_overrides(c, overrides)
+  c = config_defaults.preset(variant, 'cifar10')
+  config_defaults.apply_overrides(c, overrides)
   c.model.depth, c.batch_size, c.parallel_seeds = depth, batch, models
   return c
 
@@ -30,24 +31,24 @@ def compile_train_step(c):
   uint8 batches with its permutation (the step count is the caller's).
   """
   m = c.model
-  mesh = steps.make_mesh()
-  rep = steps.replicated(mesh)
+  mesh = parallel.make_mesh()
+  rep = parallel.replicated(mesh)
   n, image_shape = 4 * c.batch_size, (m.image_size, m.image_size, m.channels)
   info = dict(mean=(0.5,) * m.channels, std=(0.25,) * m.channels, flip=True, steps_per_epoch=4)
   model = model_lib.build(c)
   tx = optim.make_optimizer(c, info['steps_per_epoch'])
-  seeds = steps.model_seeds(c)
-  init = lambda: steps.create_states(model, tx, image_shape, seeds)
+  seeds = parallel.model_seeds(c)
+  init = lambda: train_step.create_states(model, tx, image_shape, seeds)
   abstract = lambda tree: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
   state = abstract(jax.eval_shape(init))
   models = np.shape(seeds)
-  inputs = abstract((jax.eval_shape(steps.zero_sums, seeds),
+  inputs = abstract((jax.eval_shape(train_step.zero_sums, seeds),
                      jax.ShapeDtypeStruct(models, jnp.int32), jax.ShapeDtypeStruct(models, bool),
                      jax.ShapeDtypeStruct((n, *image_shape), jnp.uint8),
                      jax.ShapeDtypeStruct((n,), jnp.int32),
                      jax.ShapeDtypeStruct((*models, n), jnp.int32)))
-  compiled = steps.make_train_chunk(model, info, c, mesh, seeds).lower(
+  compiled = train_step.make_train_chunk(model, info, c, mesh, seeds).lower(
       state, *inputs, jax.ShapeDtypeStruct((), jnp.int32)).compile()
 
   def make_inputs():
@@ -55,8 +56,8 @@ def compile_train_step(c):
     images = rng.integers(0, 256, (n, *image_shape), np.uint8)
     labels = rng.integers(0, m.num_classes, (n,), np.int32)
     return (jax.jit(init, out_shardings=rep)(), *jax.device_put(
-        (steps.zero_sums(seeds), seeds, np.ones(models, bool), images, labels,
-         steps.epoch_permutation(seeds, 0, n)), rep))
+        (train_step.zero_sums(seeds), seeds, np.ones(models, bool), images, labels,
+         train_step.epoch_permutation(seeds, 0, n)), rep))
 
   return compiled, state, make_inputs
 

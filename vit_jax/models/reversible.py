@@ -20,13 +20,13 @@ backward pass, as under remat; memory holds only the current streams, the side b
 The exact variants need h in the backward pass to reproduce the forward pass's bits
 although XLA compiles it in another context (here: as the primal half of a VJP, fused
 with other work). On XLA:CPU its matmuls and elementwise operations do; its large
-reductions did not, so the branch sums in a fixed order (fixed_order.py). ``verify.py``
-checks the result on the machine at hand.
+reductions did not, so the branch sums in a fixed order (fixed_order.py).
+``python -m vit_jax.tools.verify`` checks the result on the machine at hand.
 """
 import jax
 import jax.numpy as jnp
 
-from vit_jax import quant
+from vit_jax.models import quant
 
 
 def _reorder(streams, order, inverse=False):
@@ -95,44 +95,46 @@ def _unpack(variant, packed, like):
           else None for c, p in zip(variant.couplings, packed)]
 
 
-def reversible_stack(variant, branch_fn, record=False):
+def reversible_stack(variant, branch_fn, with_probe=False):
   """A function (params, streams, aux, keys[, probe]) -> streams with reversible backprop.
 
-  With ``record=True`` it also returns every block's input streams (stacked), and the
-  cotangent it returns for ``probe`` is the *reconstructed* block inputs: differentiate
-  with respect to ``probe`` to compare the reconstruction with the forward pass inside
-  the very program that trains (verify.py). Recording costs O(depth) memory.
+  The probe, for checking the reconstruction: with ``with_probe=True`` the stack also
+  returns every block's input streams from the forward pass (stacked: the *block
+  inputs*), and the cotangent it returns for the zero argument ``probe`` is the same
+  inputs as the backward pass rebuilt them (the *rebuilt inputs*). Differentiating with
+  respect to ``probe`` compares the two inside the very program that trains
+  (training/exactness.py). The probe costs O(depth) memory.
   """
   def forward_scan(params, streams, aux, keys):
     def step(streams, xs):
       p, a, k = xs
       new, sides = block_forward(variant, branch_fn, p, streams, a, k)
-      return new, (_pack(variant, sides), streams if record else None)
+      return new, (_pack(variant, sides), streams if with_probe else None)
     return jax.lax.scan(step, tuple(streams), (params, aux, keys))
 
   @jax.custom_vjp
   def stack(params, streams, aux, keys, probe=None):
     out, (_, inputs) = forward_scan(params, streams, aux, keys)
-    return (out, inputs) if record else out
+    return (out, inputs) if with_probe else out
 
   def stack_fwd(params, streams, aux, keys, probe=None):
     out, (packed, inputs) = forward_scan(params, streams, aux, keys)
-    return ((out, inputs) if record else out), (params, out, aux, keys, packed)
+    return ((out, inputs) if with_probe else out), (params, out, aux, keys, packed)
 
   def stack_bwd(residuals, grad_out):
     params, out, aux, keys, packed = residuals
-    grad_streams = grad_out[0] if record else grad_out
+    grad_streams = grad_out[0] if with_probe else grad_out
 
     def step(carry, xs):
       streams, grads = carry
       p, a, k, pk = xs
       sides = _unpack(variant, pk, streams[0])
       streams, grads, grad_p = block_backward(variant, branch_fn, p, streams, grads, a, k, sides)
-      return (streams, grads), (grad_p, streams if record else None)
+      return (streams, grads), (grad_p, streams if with_probe else None)
 
-    (_, grad_in), (grad_params, rebuilt) = jax.lax.scan(
+    (_, grad_in), (grad_params, rebuilt_inputs) = jax.lax.scan(
         step, (out, tuple(grad_streams)), (params, aux, keys, packed), reverse=True)
-    return grad_params, grad_in, None, None, rebuilt
+    return grad_params, grad_in, None, None, rebuilt_inputs
 
   stack.defvjp(stack_fwd, stack_bwd)
   return stack

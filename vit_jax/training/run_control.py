@@ -5,12 +5,23 @@ import signal
 import sys
 import threading
 
-from vit_jax import cli
-
 log = logging.getLogger(__name__)
 
+# Exit statuses of every command: a user error (one line, nothing lost), and a stop by
+# SIGTERM/SIGINT or a lost peer after which the same command resumes.
+EXIT_ERROR, EXIT_PREEMPTED = 2, 75
 
-class TrainingError(RuntimeError):
+
+class UserError(Exception):
+  """Input the user must fix (a config value, the data, a checkpoint, the workdir).
+
+  Every command prints its message as one line and exits with ``EXIT_ERROR``; nothing
+  already written is lost. The kinds below, and ``ConfigError``, ``DataError`` and
+  ``CheckpointError`` where they are raised, derive from it.
+  """
+
+
+class TrainingError(UserError, RuntimeError):
   """The run cannot go on; the message says why and what to change."""
 
 
@@ -36,7 +47,7 @@ class Signals:
                      f'then {name} received: stopped at once without saving; '
                      f'{self.last_checkpoint}. Rerun the same command to resume\n')
     sys.stderr.flush()
-    os._exit(cli.EXIT_PREEMPTED)  # pylint: disable=protected-access
+    os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
 
   def check(self, what: str) -> None:
     """During setup: stop here if a signal came."""

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from vit_jax import fixed_order, layers, reversible, variants
+from vit_jax.models import fixed_order, layers, reversible, variants
 
 _BRANCHES = {'block': layers.Block.__call__, 'attention': layers.Block.attention_branch,
              'mlp': layers.Block.mlp_branch}
@@ -47,8 +47,9 @@ class ViT(nn.Module):
     """Logits for ``images`` [B, H, W, C] (normalised floats).
 
     Training needs the 'dropout' PRNG stream (dropout and BDIA's γ). ``probe`` (train
-    only, reversible variants) switches on recording: the call then returns
-    (logits, block inputs) and the gradient for ``probe`` is the reconstruction.
+    only, reversible variants; zeros from ``probe_like``) switches the probe on: the call
+    then returns (logits, block inputs), and the gradient for ``probe`` is the block
+    inputs the backward pass rebuilt (``reversible.reversible_stack``).
     """
     x = layers.ShiftedPatchEmbedding(self.dim, self.patch_size, self.dtype)(images)
     cls = self.param('cls_token', nn.initializers.normal(1.0), (1, 1, self.dim), jnp.float32)
@@ -68,19 +69,19 @@ class ViT(nn.Module):
                          method=_BRANCHES[name])
 
     streams = variant.init(x)
-    trace = None
+    block_inputs = None
     if train and variant.reversible and self.reversible_backprop:
-      stack = reversible.reversible_stack(variant, branch_fn, record=probe is not None)
+      stack = reversible.reversible_stack(variant, branch_fn, with_probe=probe is not None)
       streams = stack(params, streams, aux, keys, probe)
       if probe is not None:
-        streams, trace = streams
+        streams, block_inputs = streams
     else:
       streams = reversible.autodiff_stack(variant, branch_fn, params, streams, aux, keys)
 
     x = fixed_order.LayerNorm(epsilon=layers.LN_EPS, dtype=self.dtype)(variant.readout(streams)[:, 0])
     logits = layers.torch_linear(self.num_classes, x.shape[-1], dtype=self.dtype)(x)
     logits = logits.astype(self.stream_dtype)
-    return (logits, trace) if probe is not None else logits
+    return (logits, block_inputs) if probe is not None else logits
 
   def _block_randomness(self, variant, train, batch):
     """Per-block dropout keys and BDIA's γ ∈ {±1/2} per sample and block (γ_0 = 0)."""
@@ -118,7 +119,7 @@ def build(config) -> ViT:
 
 
 def probe_like(model: ViT, batch: int, image_size: int) -> tuple:
-  """Zeros shaped like the recorded block inputs, for ``ViT(..., probe=...)``."""
+  """The probe: zeros shaped like the stacked block inputs, for ``ViT(..., probe=...)``."""
   tokens = (image_size // model.patch_size) ** 2 + 1
   n_streams = len(variants.make_variant(model.variant, model.quant_bits, model.beta_bits)
                   .init(jnp.zeros((1,))))

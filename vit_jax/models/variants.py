@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from vit_jax import quant
+from vit_jax.models import quant
 
 VARIANTS = ('vit', 'remat', 'revvit', 'bdia', 'momentum')
 

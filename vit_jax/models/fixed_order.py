@@ -9,7 +9,7 @@ compiles a large reduction depends on what shares the program with it). Measured
 differed in 1.0 M of 4.3 M outputs (by up to 7e-7), enough to move BDIA's quantizer
 across a rounding boundary for about 100 elements per block at the CIFAR-10 preset.
 Other backends (GPU: TF32, autotuned GEMMs, FMA contraction) may differ in other ways;
-``python -m vit_jax.verify`` checks a machine.
+``python -m vit_jax.tools.verify`` checks a machine.
 
 ``tree_sum`` writes the order out: the last axis is zero-padded to a power of two and
 halved, ``x[..., :n/2] + x[..., n/2:]``, until one element is left. These are

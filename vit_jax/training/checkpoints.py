@@ -36,14 +36,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vit_jax import multiprocess
+from vit_jax.training import multiprocess
+from vit_jax.training.run_control import UserError
 
 log = logging.getLogger(__name__)
 
 TRAIN, META = 'train', 'meta'
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint could not be written or restored; the message says what to do."""
 
 

@@ -1,4 +1,4 @@
-"""The deepest model whose training step fits in memory: ``python -m vit_jax.bench --max-depth``.
+"""The deepest model whose training step fits in memory: ``bench --max-depth``.
 
 A variant whose activation memory is flat in depth (revvit, bdia, momentum) still grows by
 its parameters, gradients and optimizer state; plain autodiff also keeps every block's
@@ -15,7 +15,7 @@ import os
 
 import jax
 
-from vit_jax import program
+from vit_jax.training import program
 
 MAX_DEPTH = 100_000  # a search stops here: "fits at every depth tried"
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from vit_jax import fixed_order
+from vit_jax.models import fixed_order
 
 LN_EPS = 1e-5
 

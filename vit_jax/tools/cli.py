@@ -7,8 +7,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-# Errors that are the user's to fix: print one line, no traceback.
-EXIT_ERROR, EXIT_PREEMPTED = 2, 75
+from vit_jax.training.run_control import EXIT_ERROR, EXIT_PREEMPTED  # noqa: F401  (public here)
 
 
 def define_config_flag():
@@ -35,7 +34,7 @@ def _unknown_field(prog, argv, error):
   hint = f'did you mean --config.{name.rpartition(".")[0] + "." if "." in name else ""}' \
       f'{near.group(1)}? ' if near else ''
   fail(prog, f'--config.{name}: no such config field; {hint}the fields are listed in '
-             'vit_jax/presets.py')
+             'vit_jax/training/config_defaults.py')
 
 
 _TYPE_ERRORS = ((r'invalid literal for int\(\)', 'an integer', 'e.g. 128'),

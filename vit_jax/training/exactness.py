@@ -2,8 +2,9 @@
 
 ``verify`` runs it once on random data; training runs ``ExactnessGuard`` every N steps
 (``config.exactness_check_every_steps``). The reconstruction is read out of the real
-backward pass: the engine returns the rebuilt block inputs as the gradient of a zero
-"probe" argument (``reversible.reversible_stack(record=True)``).
+backward pass through the engine's probe: the forward pass returns the block inputs, and
+the gradient of a zero ``probe`` argument is the inputs the backward pass rebuilt
+(``models/reversible.py``, ``reversible_stack(with_probe=True)``).
 """
 import logging
 
@@ -11,26 +12,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import data, model as model_lib, steps
-from vit_jax.run_control import TrainingError
+from vit_jax.models import vit as model_lib
+from vit_jax.training import data, parallel, train_step
+from vit_jax.training.run_control import TrainingError
 
 log = logging.getLogger(__name__)
 
 
 def _loss(model, params, images, labels, key, probe=None):
   out = model.apply({'params': params}, images, train=True, rngs={'dropout': key}, probe=probe)
-  logits, trace = out if probe is not None else (out, None)
-  loss = steps.cross_entropy(logits, labels, model.num_classes).mean()
-  return loss, trace
+  logits, block_inputs = out if probe is not None else (out, None)
+  loss = train_step.cross_entropy(logits, labels, model.num_classes).mean()
+  return loss, block_inputs
 
 
 def reconstruction_and_grads(model, params, images, labels, key):
   """(mismatches [depth, streams], max |error| [depth, streams], gradients)."""
   probe = model_lib.probe_like(model, images.shape[0], images.shape[1])
   grad_fn = jax.grad(lambda p, pr: _loss(model, p, images, labels, key, pr), (0, 1), has_aux=True)
-  (grads, rebuilt), forward = grad_fn(params, probe)
-  mismatches = jnp.stack([jnp.sum(f != r, axis=(1, 2, 3)) for f, r in zip(forward, rebuilt)], 1)
-  errors = jnp.stack([jnp.max(jnp.abs(f - r), axis=(1, 2, 3)) for f, r in zip(forward, rebuilt)], 1)
+  (grads, rebuilt_inputs), block_inputs = grad_fn(params, probe)
+  pairs = list(zip(block_inputs, rebuilt_inputs))
+  mismatches = jnp.stack([jnp.sum(f != r, axis=(1, 2, 3)) for f, r in pairs], 1)
+  errors = jnp.stack([jnp.max(jnp.abs(f - r), axis=(1, 2, 3)) for f, r in pairs], 1)
   return mismatches, errors, grads
 
 
@@ -65,18 +68,18 @@ class ExactnessGuard:
       # shapes (a LayerNorm over 2,080 rows was reproducible where one over 8,320 was not).
       idx = perm[:c.batch_size]
       x = data.normalize(images[idx], ds_info['mean'], ds_info['std'], dtype)
-      _, model_key = steps.step_keys(seed, step)
+      _, model_key = train_step.step_keys(seed, step)
       return jnp.sum(reconstruction_and_grads(model, params, x, labels[idx], model_key)[0])
 
-    self.fn = jax.jit(steps.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None),
-                                        per_vmap=steps.seeds_per_vmap(c, mesh)))
+    self.fn = jax.jit(parallel.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None),
+                                        per_vmap=parallel.seeds_per_vmap(c, mesh)))
 
   def check(self, params, seeds, images, labels, perm, step) -> int:
     """The number of differently rebuilt elements, summed over the models."""
     n = int(np.sum(self.fn(params, seeds, images, labels, perm, step))) if self.exact else 0
     if n:
       msg = (f'exactness check at step {step}: {n} activation elements were rebuilt '
-             'differently from the forward pass; run python -m vit_jax.verify on this machine')
+             'differently from the forward pass; run python -m vit_jax.tools.verify on this machine')
       if self.stop:
         raise TrainingError(msg)
       log.warning('%s', msg)

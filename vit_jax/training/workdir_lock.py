@@ -20,7 +20,7 @@ import fcntl
 import os
 import socket
 
-from vit_jax.validate import ConfigError
+from vit_jax.training.config_checks import ConfigError
 
 LOCK_FILE = '.lock'
 
