@@ -1,6 +1,7 @@
 """bench on tiny models: the speed and memory table, MFU's FLOP count, --max-depth."""
 import csv
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +13,15 @@ from vit_jax.tools import bench, max_depth
 from vit_jax.training import program
 
 
-def test_bench_writes_a_well_formed_table(tmp_path, capsys):
-  out = tmp_path / 'bench.csv'
-  bench.main(['--variants', 'vit,bdia', '--depths', '1', '--batch-sizes', '4', '--steps', '1',
-              '--warmup', '1', '--parallel-seeds', '1,2', '--csv', str(out), *th.TINY_WIDTH])
+def test_bench_writes_a_well_formed_table(tmp_path_factory):
+  """bench as a user runs it, compiled as the training subprocesses are (``th.cli_env``)."""
+  tmp = tmp_path_factory.mktemp('bench')
+  env = th.cli_env(th.compile_cache(tmp_path_factory))
+  out = tmp / 'bench.csv'
+  result = th.run([sys.executable, '-m', 'vit_jax.tools.bench', '--variants', 'vit,bdia',
+                   '--depths', '1', '--batch-sizes', '4', '--steps', '1', '--warmup', '1',
+                   '--parallel-seeds', '1,2', '--csv', str(out), *th.TINY_WIDTH], env)
+  assert result.returncode == 0, result.stderr
   rows = list(csv.DictReader(open(out)))
   assert [(r['variant'], r['parallel_seeds']) for r in rows] == [
       ('vit', '1'), ('bdia', '1'), ('vit', '2'), ('bdia', '2')]
@@ -32,9 +38,11 @@ def test_bench_writes_a_well_formed_table(tmp_path, capsys):
                         rel_tol=0.01)
   assert float(rows[2]['state_mib']) == 2 * float(rows[0]['state_mib'])
   # --max-depth's abstract lowering (no arrays) needs what the real step needed.
-  abstract = max_depth.compiled_memory_mib('bdia', 1, 4, th.TINY_WIDTH)
-  assert round(abstract, 1) == float(rows[1]['compiled_memory_mib'])
-  table = capsys.readouterr().out.strip().splitlines()
+  abstract = th.run([sys.executable, '-c', 'import sys; from vit_jax.tools import max_depth; '
+                     'print(max_depth.compiled_memory_mib("bdia", 1, 4, sys.argv[1:]))',
+                     *th.TINY_WIDTH], env)
+  assert round(float(abstract.stdout), 1) == float(rows[1]['compiled_memory_mib']), abstract.stderr
+  table = result.stdout.strip().splitlines()
   assert table[0].startswith('| variant |') and len(table) == 6
 
 
