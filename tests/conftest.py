@@ -7,21 +7,34 @@ so the first ``d`` blocks of a deep init are a valid depth-``d`` init (re-initia
 every depth would compile the vmapped init again for each depth, ~5 s each). In-process
 tests share a persistent compilation cache (one per pytest session, as the subprocesses
 do): training runs that differ only by their seed compile one program.
-"""
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import pytest
 
-import train_helpers as th
-from vit_jax.models import vit as model
+In-process tests compile at XLA's backend (LLVM) optimisation level 0, as the training
+subprocesses do (``train_helpers.cli_env``): about 3x faster to compile, with the same
+HLO passes and buffer assignment. The programs whose bits are the point (the exactness
+programs of test_reversible, the LayerNorm check of test_fixed_order) are compiled at
+training's level, ``TRAINING_LEVEL``.
+"""
+import os
+
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+
+import jax  # noqa: E402  (after XLA_FLAGS, which XLA reads when JAX first uses the CPU)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import pytest  # noqa: E402
+
+import train_helpers as th  # noqa: E402
+from vit_jax.models import vit as model  # noqa: E402
 
 TINY = dict(num_classes=3, patch_size=4, dim=16, heads=2, dim_head=8, mlp_dim=32,
             dropout=0.1, emb_dropout=0.1)
 IMAGE = 8           # 8x8 images, patch 4: 4 patches + CLS = 5 tokens
 BATCH = 2
 INIT_DEPTH = 12     # deepest stack the tests use with real parameters
+
+# XLA's default backend optimisation level, the one every training run compiles at.
+TRAINING_LEVEL = {'xla_backend_optimization_level': 3}
 
 _PARAMS = {}
 
@@ -77,3 +90,16 @@ def tiny_batch():
   """(images [BATCH, IMAGE, IMAGE, 3] ~ N(0,1), labels [BATCH] in 0..2)."""
   images = jax.random.normal(jax.random.PRNGKey(1), (BATCH, IMAGE, IMAGE, 3), jnp.float32)
   return images, jnp.arange(BATCH, dtype=jnp.int32) % TINY['num_classes']
+
+
+# The files that take longest, longest first (measured on 2 CPU cores): pytest-xdist hands
+# out whole files in collection order, so starting these first lets both workers finish
+# together. Only the order changes; a file missing here runs after them.
+LONGEST_FIRST = ('test_reversible.py', 'test_resume.py', 'test_parallel_seeds.py',
+                 'test_verify.py', 'test_bench.py', 'test_compare.py', 'test_cli.py',
+                 'test_train.py', 'test_multiprocess.py', 'test_data.py', 'test_multidevice.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep order

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import BATCH, IMAGE, rel_err, tiny_model, tiny_params, xent
+from conftest import BATCH, IMAGE, TRAINING_LEVEL, rel_err, tiny_model, tiny_params, xent
 from vit_jax.models import variants, vit as model
 
 EXACT = ('bdia', 'momentum')
@@ -86,7 +86,7 @@ def train_step(m, images, labels):
 # (compiled temp bytes were identical for all eight memory programs at levels 0 and default,
 # jax 0.10.2) but halves CPU compile time. Used where a test compares two computations
 # compiled alike (gradients vs their reference, training, memory); the exactness programs
-# are compiled with the defaults, as in training.
+# are compiled at training's level (conftest.TRAINING_LEVEL).
 FAST = {'xla_backend_optimization_level': 0}
 
 
@@ -138,7 +138,7 @@ def exact_run(tiny_batch):
   m = tiny_model('bdia', 2)
   steps['broken'] = traced_with(off_by_one_inverse, probe_step(m, images, labels))
   args['broken'] = probe_args(m)
-  return run_merged(steps, args)
+  return run_merged(steps, args, TRAINING_LEVEL)
 
 
 # ------------------------------------------------------------------ exact reconstruction

@@ -104,15 +104,21 @@ def test_mnist_small_vit_learns(tmp_path):
   """A small ViT on the MNIST test images (first 8,000 train, last 2,000 eval), ~1 min.
 
   On 2 CPU cores it reaches 92.1% after 6 epochs (20 s of training, ~35 s in all); the
-  90% threshold leaves a margin for other platforms' numerics and seeds.
+  90% threshold leaves a margin for other platforms' numerics and seeds. train.py runs it,
+  compiled as training compiles (this test's time is execution, not compilation).
   """
-  config = config_defaults.preset('vit', 'mnist')
-  config.model.update(patch_size=7, dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128,
-                      dropout=0.0, emb_dropout=0.0)
-  config.update(dataset=f'mnist_idx:{MNIST}', num_epochs=6, batch_size=32, optimizer='adamw',
-                learning_rate=3e-3, warmup_epochs=0.3, progress_bar=False, tensorboard=False,
-                eval_batch_size=1000)
-  summary = train_lib.train_and_evaluate(config, str(tmp_path / 'mnist'))
+  model = dict(patch_size=7, dim=64, depth=2, heads=4, dim_head=16, mlp_dim=128,
+               dropout=0.0, emb_dropout=0.0)
+  run = dict(dataset=f'mnist_idx:{MNIST}', num_epochs=6, batch_size=32, optimizer='adamw',
+             learning_rate=3e-3, warmup_epochs=0.3, progress_bar=False, tensorboard=False,
+             eval_batch_size=1000)
+  overrides = [*(f'--config.model.{k}={v}' for k, v in model.items()),
+               *(f'--config.{k}={v}' for k, v in run.items())]
+  work = tmp_path / 'mnist'
+  result = th.run(th.train_cmd(work, *overrides, config='configs/vit_mnist.py'),
+                  th.cli_env(tmp_path / 'cache', level=3))
+  assert result.returncode == 0, result.stderr
+  summary = th.run_files.read_json(work / 'summary.json')
   assert '8000/2000' in summary['data_note']
   print(f"MNIST: final val acc {summary['final_val_acc']:.4f} (best {summary['best_val_acc']:.4f})"
         f", {summary['total_train_time_s']:.0f} s training")

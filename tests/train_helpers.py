@@ -62,12 +62,14 @@ def compile_cache(tmp_path_factory) -> Path:
   return (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'jax_cache'
 
 
-def cli_env(cache_dir, devices: int = 1) -> dict:
+def cli_env(cache_dir, devices: int = 1, level: int = 0) -> dict:
+  """The environment of a test subprocess: CPU devices, the shared cache, XLA's backend
+  optimisation ``level`` (0: fast compiles; 3, XLA's default: fast execution)."""
   env = dict(os.environ)
   env.update(JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', TF_CPP_MIN_LOG_LEVEL='2',
-             XLA_FLAGS=f'--xla_backend_optimization_level=0 '
+             XLA_FLAGS=f'--xla_backend_optimization_level={level} '
                        f'--xla_force_host_platform_device_count={devices}')
   return env
 

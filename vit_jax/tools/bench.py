@@ -137,7 +137,7 @@ MAX_DEPTH_COLUMNS = ('variant', 'batch_size', 'max_depth', 'memory_mib_at_max',
 
 def find_max_depths(names, batches, overrides, limit_mib=None) -> list[dict]:
   """One MAX_DEPTH_COLUMNS row per variant and batch size (``vit_jax.tools.max_depth``)."""
-  import jax
+  import jax  # lazy, as in measure: a bad flag is reported before JAX loads
   from vit_jax.tools import max_depth
   limit, source = max_depth.memory_limit_mib(limit_mib)
   rows = []
@@ -193,7 +193,7 @@ def main(argv=None):
     spec[6] = True  # device_peak
     print(json.dumps(measure(*spec)), flush=True)
     return
-  from vit_jax.models import variants
+  from vit_jax.models import variants  # lazy: after the flags, so a bad one fails first
   names = args.variants.split(',')
   for name in names:
     if name not in variants.VARIANTS:

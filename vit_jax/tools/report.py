@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vit_jax.models import variants
+from vit_jax.tools import plots as plots_lib
 from vit_jax.training.run_files import default_targets, find_run_dirs, load_run, time_to_accuracy
 
 # Config fields that do not change what is trained (dotted key or last component, fnmatch).
@@ -249,7 +250,6 @@ def build_report(run_dirs: Sequence[str], out_dir: str, ignore: Sequence[str] = 
   write_markdown(rows, os.path.join(out_dir, 'results.md'))
   write_csv(rows, os.path.join(out_dir, 'results.csv'))
   if plots:
-    from vit_jax.tools import plots as plots_lib  # pylint: disable=import-outside-toplevel
     curves = {g['label']: [r['metrics'] for r in g['runs']] for g in groups}
     plots_lib.write_plots(rows, curves, out_dir)
   return rows

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import vit as model_lib
+from vit_jax.models import variants, vit as model_lib
 from vit_jax.tools import cli
 from vit_jax.training import config_checks, parallel, run_files
 from vit_jax.training.exactness import reconstruction_and_grads, reference_grads, relative_errors
@@ -61,7 +61,7 @@ def run(config, batch_size=None, seed=0) -> dict:
   if n > 1:
     mismatches, errors = jnp.sum(mismatches, 0), jnp.max(errors, 0)
   rel = relative_errors(grads, ref)
-  exact = model_lib.variants.make_variant(m.variant).exact
+  exact = variants.make_variant(m.variant).exact
   rtol = GRAD_RTOL[jnp.dtype(model.dtype).type]
   report = dict(variant=m.variant, depth=m.depth, batch=b, dtype=jnp.dtype(model.dtype).name,
                 models=n, device=jax.devices()[0].device_kind, backend=jax.default_backend(),

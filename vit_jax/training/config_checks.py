@@ -13,11 +13,10 @@ import tempfile
 import jax
 
 from vit_jax.models import variants
-from vit_jax.training import config_defaults
+from vit_jax.training import config_defaults, data
 from vit_jax.training.optim import OPTIMIZERS, SCHEDULES
 from vit_jax.training.run_control import UserError
 
-DATASETS = ('cifar10', 'mnist', 'folder:/path', 'mnist_idx:/path')
 # Fields that may change when a run is resumed; any other change means another run.
 RESUMABLE_CHANGES = ('num_epochs', 'progress_bar', 'tensorboard', 'log_every_steps',
                      'steps_per_dispatch', 'vmap_seeds',
@@ -61,10 +60,10 @@ def check_config(config, num_devices: int | None = None) -> None:
   _choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
   _choice(config.random_flip, 'random_flip', ('auto', 'yes', 'no'))
   _choice(config.exactness_check_action, 'exactness_check_action', ('warn', 'stop'))
-  ds = config.dataset
-  kind, sep, path = ds.partition(':') if isinstance(ds, str) else ('', '', '')
-  if not (ds in ('cifar10', 'mnist') or (kind in ('folder', 'mnist_idx') and sep and path)):
-    raise ConfigError(f"config.dataset={ds!r} is unknown; use one of: {', '.join(DATASETS)}")
+  try:
+    data.parse_spec(config.dataset)
+  except data.DataError:
+    raise ConfigError(f'config.dataset={config.dataset!r} is unknown; {data.SPEC_HELP}') from None
   for field in ('num_epochs', 'batch_size', 'eval_batch_size', 'model.image_size',
                 'model.channels', 'model.num_classes', 'model.patch_size', 'model.dim',
                 'model.depth', 'model.heads', 'model.dim_head', 'model.mlp_dim',

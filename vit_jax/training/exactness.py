@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import vit as model_lib
+from vit_jax.models import variants, vit as model_lib
 from vit_jax.training import data, parallel, train_step
 from vit_jax.training.run_control import TrainingError
 
@@ -60,7 +60,7 @@ class ExactnessGuard:
   def __init__(self, model, ds_info, config, seeds, mesh):
     c = config
     self.stop = c.exactness_check_action == 'stop'
-    self.exact = model_lib.variants.make_variant(c.model.variant).exact
+    self.exact = variants.make_variant(c.model.variant).exact
     dtype = model_lib.compute_dtype(c.bf16)
 
     def mismatches(params, seed, images, labels, perm, step):

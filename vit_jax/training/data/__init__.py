@@ -32,16 +32,25 @@ from vit_jax.training.data.image_files import load_folder, load_mnist_idx
 from vit_jax.training.data.tfds_loader import load_tfds, TFDS_SETS
 
 
+def parse_spec(spec) -> tuple[str, str]:
+  """``spec`` as (kind, path): ('cifar10' or 'mnist', '') for TFDS, ('folder' or
+  'mnist_idx', the expanded path) for local files; ``DataError`` for anything else."""
+  if spec in TFDS_SETS:
+    return spec, ''
+  kind, sep, path = spec.partition(':') if isinstance(spec, str) else ('', '', '')
+  if sep and path and kind in ('folder', 'mnist_idx'):
+    return kind, os.path.expanduser(path)
+  raise DataError(f'unknown dataset {spec!r}; {SPEC_HELP}')
+
+
 def load_dataset(spec: str, data_dir: str = '') -> Dataset:
   """Loads the data set named by ``spec`` (see the module docstring)."""
-  if spec in TFDS_SETS:
-    return load_tfds(spec, data_dir)
-  kind, sep, path = spec.partition(':')
-  if sep and path and kind == 'folder':
-    return load_folder(spec, os.path.expanduser(path))
-  if sep and path and kind == 'mnist_idx':
-    return load_mnist_idx(spec, os.path.expanduser(path))
-  raise DataError(f'unknown dataset {spec!r}; {SPEC_HELP}')
+  kind, path = parse_spec(spec)
+  if kind == 'folder':
+    return load_folder(spec, path)
+  if kind == 'mnist_idx':
+    return load_mnist_idx(spec, path)
+  return load_tfds(spec, data_dir)
 
 
 def dataset_info(ds, config) -> dict[str, Any]:
