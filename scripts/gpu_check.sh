@@ -167,7 +167,7 @@ for d in f32 bf16; do  # the bench's table, or one from its log's rows when it w
   [[ -f $WORK/logs/bench_$d.log ]] || continue
   if [[ -f $WORK/bench/bench_$d.md ]]; then echo "## $d"; cat "$WORK/bench/bench_$d.md"; else
     echo "## $d (cut short: the rows it printed)"
-    $PY -c 'import json, sys; from vit_jax import bench
+    $PY -c 'import json, sys; from vit_jax.tools import bench
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 print(bench.markdown(bench.add_ratios(rows)) if rows else "none")' "$WORK/logs/bench_$d.log"
   fi
