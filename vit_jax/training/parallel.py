@@ -66,7 +66,8 @@ def seeds_per_vmap(config, mesh):
 
   0 (auto): all of them on an accelerator, where N models' work in each kernel is what
   makes them fast; one at a time on a CPU, where XLA's batched matmuls run slower than
-  its plain ones (CIFAR-10 preset, 3 vit models vmapped: 0.59x the per-model speed).
+  its plain ones (CIFAR-10 preset, 3 vit models vmapped: 0.85x the per-model speed of one
+  model alone, RESULTS.md).
   """
   n = config.get('vmap_seeds', 0)
   if n:
