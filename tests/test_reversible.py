@@ -70,7 +70,7 @@ def probe_step(m, images, labels):
   key = jax.random.PRNGKey(DROPOUT_KEY)
   def loss(params, probe):
     logits, block_inputs = m.apply({'params': params}, images, train=True, probe=probe,
-                            rngs={'dropout': key})
+                                   rngs={'dropout': key})
     return xent(logits, labels), block_inputs
   return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
 

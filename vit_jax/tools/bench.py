@@ -95,9 +95,9 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
     row['images_per_s'] = round(models * batch / step_s, 1)
     peak = next((v for k, v in PEAK_FLOPS.items() if k in row['device']), {}).get(row['dtype'])
     row['mfu'] = round(models * batch * train_flops_per_image(c) / step_s / peak, 4) if peak else ''
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if device_peak and 'peak_bytes_in_use' in stats:
-      row['memory_mib'], row['memory_source'] = round(stats['peak_bytes_in_use'] / 2**20, 1), 'device_peak'
+    if device_peak:
+      memory, row['memory_source'] = program.peak_memory(compiled)
+      row['memory_mib'] = round(memory, 1)
   except Exception as e:  # XlaRuntimeError RESOURCE_EXHAUSTED and friends
     if 'RESOURCE_EXHAUSTED' in str(e) or 'out of memory' in str(e).lower():
       row['status'] = 'OOM'

@@ -50,7 +50,7 @@ def run(config, batch_size=None, seed=0) -> dict:
   models = None if n == 1 else np.arange(n)  # the model axis, as parallel.over_models reads it
   per_vmap = parallel.seeds_per_vmap(config, parallel.make_mesh())  # as training runs them
   per_model = lambda f: jax.jit(parallel.over_models(functools.partial(f, model), models,
-                                                  in_axes=(0, None, None, 0), per_vmap=per_vmap))
+                                                     in_axes=(0, None, None, 0), per_vmap=per_vmap))
   init_keys, drop_keys = (k_init, k_drop) if n == 1 else (
       jax.random.split(k_init, n), jax.random.split(k_drop, n))
   params = jax.jit(parallel.over_models(lambda k: model.init(k, images[:1])['params'], models))(

@@ -72,14 +72,15 @@ class ExactnessGuard:
       return jnp.sum(reconstruction_and_grads(model, params, x, labels[idx], model_key)[0])
 
     self.fn = jax.jit(parallel.over_models(mismatches, seeds, in_axes=(0, 0, None, None, 0, None),
-                                        per_vmap=parallel.seeds_per_vmap(c, mesh)))
+                                           per_vmap=parallel.seeds_per_vmap(c, mesh)))
 
   def check(self, params, seeds, images, labels, perm, step) -> int:
     """The number of differently rebuilt elements, summed over the models."""
     n = int(np.sum(self.fn(params, seeds, images, labels, perm, step))) if self.exact else 0
     if n:
       msg = (f'exactness check at step {step}: {n} activation elements were rebuilt '
-             'differently from the forward pass; run python -m vit_jax.tools.verify on this machine')
+             'differently from the forward pass; run python -m vit_jax.tools.verify on this '
+             'machine')
       if self.stop:
         raise TrainingError(msg)
       log.warning('%s', msg)

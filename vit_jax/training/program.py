@@ -1,8 +1,8 @@
 """The training program as a library: one config's compiled step, from abstract shapes.
 
-``bench`` times it, ``max_depth`` and ``compare --parallel-seeds auto`` read its memory:
-each lowers the same program that training runs (``train_step.make_train_chunk``) without
-allocating anything.
+``bench`` times it; ``max_depth`` and ``compare --parallel-seeds auto`` read its memory.
+Each lowers the same program that training runs (``train_step.make_train_chunk``) without
+allocating anything. ``peak_memory`` is the memory figure that training and bench report.
 """
 import jax
 import jax.numpy as jnp
@@ -67,3 +67,12 @@ def compiled_memory_mib(compiled) -> float:
   mem = compiled.memory_analysis()
   return (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
           - mem.alias_size_in_bytes) / 2**20
+
+
+def peak_memory(compiled) -> tuple[float, str]:
+  """(MiB, source): the device's peak bytes in use where it reports them ('device_peak'),
+  else XLA's memory for ``compiled`` ('compiled_analysis')."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20, 'device_peak'
+  return compiled_memory_mib(compiled), 'compiled_analysis'

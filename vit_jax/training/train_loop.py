@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from vit_jax.training import evaluation, parallel, train_step
+from vit_jax.training import evaluation, parallel, program, train_step
 from vit_jax.training.run_control import nonfinite_error, Preempted, TrainingError
 
 DISPATCH_SECONDS = 2.0  # target length of one chunk when config.steps_per_dispatch is 0
@@ -40,17 +40,6 @@ class Progress:
   def from_meta(cls, step: int, meta: dict) -> 'Progress':
     return cls(step, int(meta['epochs_done']), float(meta['epoch_elapsed_s']),
                dict(meta.get('stopped', {})))
-
-
-def peak_memory(compiled) -> tuple[float, str]:
-  """The device's peak bytes in use where it says, else XLA's buffer assignment, in MiB."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'] / 2**20, 'device_peak'
-  m = compiled.memory_analysis()
-  total = (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-           - m.alias_size_in_bytes)
-  return total / 2**20, 'compiled_analysis'
 
 
 def _model(tree, k: int, several: bool):
@@ -122,8 +111,8 @@ class TrainLoop:
     r, c = self.run, self.c
     host = jax.device_get(self.sums)
     val_loss, val_acc = evaluation.evaluate(r.eval_step, self.state.params, r.ds.test_images,
-                                       r.ds.test_labels, c.eval_batch_size, r.mesh)
-    memory, source = peak_memory(self.compiled)
+                                            r.ds.test_labels, c.eval_batch_size, r.mesh)
+    memory, source = program.peak_memory(self.compiled)
     epoch_time, accs = self.epoch_elapsed(), []
     for k, folder in enumerate(r.folders):
       if str(k) in self.progress.stopped:

@@ -13,7 +13,7 @@ from vit_jax.training.data.dataset import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR1
 
 # Per spec: (class names, mean, std, flip).
 TFDS_SETS = {'cifar10': (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, True),
-              'mnist': (MNIST_CLASSES, MNIST_MEAN, MNIST_STD, False)}
+             'mnist': (MNIST_CLASSES, MNIST_MEAN, MNIST_STD, False)}
 
 
 def _has_network(host='storage.googleapis.com', port=443, timeout=3.0) -> bool:
