@@ -5,8 +5,9 @@ JAX compilation dominates the test time on CPU, so models are tiny (8x8 images, 
 ``INIT_DEPTH`` and sliced: a stack's blocks are independent draws on a leading depth axis,
 so the first ``d`` blocks of a deep init are a valid depth-``d`` init (re-initialising at
 every depth would compile the vmapped init again for each depth, ~5 s each). In-process
-tests share a persistent compilation cache (one per pytest session, as the subprocesses
-do): training runs that differ only by their seed compile one program.
+tests, the other pytest-xdist worker and the subprocesses share one persistent
+compilation cache (``train_helpers.compile_cache``): training runs that differ only by
+their seed compile one program.
 
 In-process tests compile at XLA's backend (LLVM) optimisation level 0, as the training
 subprocesses do (``train_helpers.cli_env``): about 3x faster to compile, with the same
