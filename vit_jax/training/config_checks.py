@@ -71,7 +71,8 @@ def check_config(config, num_devices: int | None = None) -> None:
     _number(config, field, numbers.Integral)
   for field in ('checkpoint_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
                 'log_every_steps', 'exactness_check_every_steps', 'train_examples',
-                'steps_per_dispatch', 'vmap_seeds', 'eval_examples', 'random_crop_padding'):
+                'steps_per_dispatch', 'vmap_seeds', 'eval_examples', 'random_crop_padding',
+                'train_per_class', 'eval_per_class', 'train_eval_examples'):
     _number(config, field, numbers.Integral, allow_zero=True)
   _number(config, 'learning_rate')
   _number(config, 'seed', numbers.Integral, allow_zero=True)

@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ''                 # TFDS data_dir ('' = TFDS default, ~/tensorflow_datasets)
   c.train_examples = 0            # > 0: a fixed random subset of the training split (reduced budget)
   c.eval_examples = 0             # > 0: the same for the evaluation split
+  c.train_per_class = 0           # > 0: only the first K training images of each class (file order)
+  c.eval_per_class = 0            # > 0: the same for the evaluation split
+  c.train_eval_examples = 0       # > 0: each epoch, also evaluate N training images (evenly
+                                  #   spaced, unaugmented; metrics.csv: train_eval_acc/_loss)
   c.seed = 0
   c.num_epochs = 400
   c.batch_size = 128              # global batch, split over all devices

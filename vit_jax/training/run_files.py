@@ -21,8 +21,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ('epoch', 'step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr',
-           'epoch_time_s', 'images_per_s', 'peak_memory_mib', 'memory_source')
+# train_loss/train_acc: running means over the epoch's training steps (augmented, dropout,
+# BDIA's γ); train_eval_*: config.train_eval_examples training images evaluated as the
+# validation set is (empty when off). epoch_time_s: training steps only, no evaluation.
+COLUMNS = ('epoch', 'step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'train_eval_loss',
+           'train_eval_acc', 'lr', 'epoch_time_s', 'images_per_s', 'peak_memory_mib',
+           'memory_source')
 
 
 def write_json(path: str, obj) -> None:
@@ -136,8 +140,8 @@ class ModelFolder:
 
 # ---------------------------------------------------------------- reading runs back
 _REQUIRED = ('epoch', 'val_acc')
-_FLOAT_COLS = ('step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'lr', 'epoch_time_s',
-               'images_per_s', 'peak_memory_mib')
+_FLOAT_COLS = ('step', 'train_loss', 'train_acc', 'val_loss', 'val_acc', 'train_eval_loss',
+               'train_eval_acc', 'lr', 'epoch_time_s', 'images_per_s', 'peak_memory_mib')
 
 
 def _fail(msg: str):

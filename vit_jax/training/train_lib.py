@@ -59,6 +59,14 @@ class Run:
   def n_train(self) -> int:
     return len(self.ds.train_labels)
 
+  @property
+  def train_eval_indices(self) -> np.ndarray:
+    """The training images evaluated each epoch: ``config.train_eval_examples`` of them,
+    evenly spaced through the training set (which image folders hold sorted by class)."""
+    n = min(self.config.get('train_eval_examples', 0), self.n_train)
+    return np.unique(np.linspace(0, self.n_train - 1, n).round().astype(int)) if n else \
+        np.zeros(0, int)
+
 
 def train_and_evaluate(config, workdir: str, fresh: bool = False, devices=None):
   """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint).
@@ -77,8 +85,9 @@ def _prepare(config, workdir, fresh, devices, signals, lock):
   config_checks.check_config(config, num_devices=len(devices))
   config_checks.check_workdir(config, workdir, fresh)
   lock.acquire()  # an existing workdir: before anything is read from it or written
-  ds = data.subset(data.load_dataset(config.dataset, config.data_dir),
-                   config.train_examples, config.eval_examples)
+  ds = data.load_dataset(config.dataset, config.data_dir)
+  ds = data.first_per_class(ds, config.train_per_class, config.eval_per_class)
+  ds = data.subset(ds, config.train_examples, config.eval_examples)
   signals.check('while the data was loading')
   config_checks.check_dataset_matches(config, ds)
   if ds.note:

@@ -110,10 +110,14 @@ class TrainLoop:
     """Evaluates every live model, appends its metrics row, resets the sums."""
     r, c = self.run, self.c
     host = jax.device_get(self.sums)
-    val_loss, val_acc = evaluation.evaluate(r.eval_step, self.state.params, r.ds.test_images,
-                                            r.ds.test_labels, c.eval_batch_size, r.mesh)
+    epoch_time, accs = self.epoch_elapsed(), []  # training only: evaluation is not counted
+    evaluate = lambda x, y: evaluation.evaluate(r.eval_step, self.state.params, x, y,
+                                                c.eval_batch_size, r.mesh)
+    val_loss, val_acc = evaluate(r.ds.test_images, r.ds.test_labels)
+    idx = r.train_eval_indices
+    train_loss, train_acc = (evaluate(r.ds.train_images[idx], r.ds.train_labels[idx])
+                             if len(idx) else (None, None))
     memory, source = program.peak_memory(self.compiled)
-    epoch_time, accs = self.epoch_elapsed(), []
     for k, folder in enumerate(r.folders):
       if str(k) in self.progress.stopped:
         continue
@@ -127,6 +131,8 @@ class TrainLoop:
                  train_loss=float(s['loss']) / count if count else float('nan'),
                  train_acc=int(s['correct']) / count if count else float('nan'),
                  val_loss=float(np.ravel(val_loss)[k]), val_acc=float(np.ravel(val_acc)[k]),
+                 train_eval_loss=None if train_loss is None else float(np.ravel(train_loss)[k]),
+                 train_eval_acc=None if train_acc is None else float(np.ravel(train_acc)[k]),
                  lr=float(r.schedule(step - 1)), epoch_time_s=round(epoch_time, 3),
                  images_per_s=round(r.spe * c.batch_size / max(epoch_time, 1e-9), 1),
                  peak_memory_mib=round(memory, 1), memory_source=source)

@@ -27,7 +27,7 @@ from typing import Any
 from vit_jax.training.data.augment import augment, normalize  # noqa: F401  (public here)
 from vit_jax.training.data.dataset import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD,  # noqa: F401
                                            MNIST_CLASSES, MNIST_MEAN, MNIST_STD, SPEC_HELP,
-                                           DataError, Dataset, subset)
+                                           DataError, Dataset, first_per_class, subset)
 from vit_jax.training.data.image_files import load_folder, load_mnist_idx
 from vit_jax.training.data.tfds_loader import load_tfds, TFDS_SETS
 

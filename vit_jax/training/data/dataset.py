@@ -1,4 +1,6 @@
-"""The in-memory data set every loader returns, its checks, and reduced-budget subsets."""
+"""The in-memory data set every loader returns, its checks, and reduced-budget subsets:
+``subset`` (a fixed random draw) and ``first_per_class`` (a stated rule: the first K
+images of each class in the loader's order, which for image folders is sorted file names)."""
 import dataclasses
 
 import numpy as np
@@ -80,5 +82,30 @@ def subset(ds: Dataset, train: int = 0, test: int = 0) -> Dataset:
     return ds
   note = f'subset: {len(ytr)} of {len(ds.train_labels)} training and {len(yte)} of ' \
          f'{len(ds.test_labels)} test images (a reduced budget)'
+  return dataclasses.replace(ds, train_images=xtr, train_labels=ytr, test_images=xte,
+                             test_labels=yte, note='; '.join(filter(None, (ds.note, note))))
+
+
+def first_per_class(ds: Dataset, train: int = 0, test: int = 0) -> Dataset:
+  """The first ``train`` / ``test`` images of each class, in the split's order (0 = all).
+
+  The loaders keep a stated order (image folders: sorted file names within each class;
+  IDX files: file order), so the rule picks the same images on every machine, whatever
+  the file system lists first. Classes with fewer images give all they have.
+  """
+  def take(images, labels, k):
+    if not k:
+      return images, labels
+    rank = np.zeros(len(labels), np.int64)  # each image's place among its class's images
+    for c in np.unique(labels):
+      rank[labels == c] = np.arange(np.count_nonzero(labels == c))
+    keep = np.flatnonzero(rank < k)
+    return images[keep], labels[keep]
+  if not train and not test:
+    return ds
+  xtr, ytr = take(ds.train_images, ds.train_labels, train)
+  xte, yte = take(ds.test_images, ds.test_labels, test)
+  note = (f'first {train or "all"} training and {test or "all"} test images of each class: '
+          f'{len(ytr)} of {len(ds.train_labels)} and {len(yte)} of {len(ds.test_labels)}')
   return dataclasses.replace(ds, train_images=xtr, train_labels=ytr, test_images=xte,
                              test_labels=yte, note='; '.join(filter(None, (ds.note, note))))

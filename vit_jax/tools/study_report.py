@@ -1,0 +1,158 @@
+"""The study's report: does each variant differ from vit? With 95 % intervals over seeds.
+
+Per variant, from the same runs: mean ± std over seeds of the best and the final
+validation accuracy, the final train accuracy (``train_eval_acc``: training images
+evaluated unaugmented, as validation is), the train − val gap at the final epoch, the
+training time per epoch and the training memory; per variant and accuracy, its difference
+to vit with a Welch t interval (``stats.welch_difference``). Curves: validation accuracy
+and the train − val gap per epoch, mean over seeds with a min–max band.
+Writes ``study.md``, ``study.csv``, ``val_acc.png`` and ``gap.png``.
+"""
+import csv
+import os
+
+import numpy as np
+
+from vit_jax.models import variants
+from vit_jax.tools import plots, stats
+from vit_jax.training import run_files
+
+BASELINE = 'vit'
+# (column, what it is, from a run's metrics): accuracies in %, per run
+ACCURACIES = (
+    ('best_val', 'best val acc (%)', lambda m: 100 * np.nanmax(m['val_acc'])),
+    ('final_val', 'final val acc (%)', lambda m: 100 * m['val_acc'][-1]),
+    ('final_train', 'final train acc (%)', lambda m: 100 * m['train_eval_acc'][-1]),
+    ('gap', 'train − val gap (points)', lambda m: 100 * (m['train_eval_acc'][-1]
+                                                        - m['val_acc'][-1])),
+)
+
+
+def load_runs(workdir: str) -> dict[str, list[dict]]:
+  """variant -> its runs (``run_files.load_run``), in seed order; reports are not runs."""
+  dirs = [d for d in run_files.find_run_dirs([workdir])
+          if not os.path.relpath(d, workdir).split(os.sep)[0].endswith('report')]
+  by_variant = {}
+  for run in filter(None, map(run_files.load_run, dirs)):
+    by_variant.setdefault(run['variant'], []).append(run)
+  order = {v: i for i, v in enumerate(variants.VARIANTS)}
+  return {v: sorted(by_variant[v], key=lambda r: r['seed'])
+          for v in sorted(by_variant, key=lambda v: order.get(v, len(order)))}
+
+
+def summarize(runs_by_variant: dict[str, list[dict]]) -> list[dict]:
+  """One row per variant: per-seed values, mean ± std, and the difference to vit."""
+  rows = []
+  for variant, runs in runs_by_variant.items():
+    row = dict(variant=variant, seeds=[r['seed'] for r in runs],
+               epochs=sorted({r['epochs'] for r in runs}),
+               finished=sum(r['finished'] for r in runs))
+    for key, _, of in ACCURACIES:
+      row[key] = [float(of(r['metrics'])) for r in runs]
+      row[key + '_mean'], row[key + '_std'] = stats.mean_std(row[key])
+    row['epoch_time_s'], row['epoch_time_s_std'] = stats.mean_std(  # a program's epoch / models
+        [r['epoch_time_s'] / (r['config'] or {}).get('parallel_seeds', 1) for r in runs])
+    row['memory_mib'] = max((r['peak_memory_mib'] for r in runs
+                             if r['peak_memory_mib'] is not None), default=float('nan'))
+    rows.append(row)
+  base = next((r for r in rows if r['variant'] == BASELINE), None)
+  for row in rows:
+    for key, _, _ in ACCURACIES:
+      row[key + '_vs_vit'] = (stats.welch_difference(base[key], row[key])
+                              if base and row is not base else None)
+    for key in ('epoch_time_s', 'memory_mib'):
+      row[key + '_ratio'] = row[key] / base[key] if base else float('nan')
+  return rows
+
+
+def _pm(mean, std) -> str:
+  return '—' if not np.isfinite(mean) else f'{mean:.2f} ± {std:.2f}' if np.isfinite(std) \
+      else f'{mean:.2f}'
+
+
+def _markdown(rows, name, study, manifest) -> str:
+  n = max((len(r['seeds']) for r in rows), default=0)
+  head = ('| variant | seeds | epochs | ' + ' | '.join(t for _, t, _ in ACCURACIES)
+          + ' | time/epoch (s) | ×vit | memory (MiB) | ×vit |')
+  lines = [f'# Study {name}', '', f'Subsets: {study.rule}.', '', f'Model and recipe: {study.why}.',
+           '', head, '|' + '---|' * (head.count('|') - 1)]
+  for r in rows:
+    lines.append('| ' + ' | '.join(
+        [r['variant'], f'{len(r["seeds"])} ({r["finished"]} finished)',
+         '/'.join(map(str, r['epochs']))]
+        + [_pm(r[k + '_mean'], r[k + '_std']) for k, _, _ in ACCURACIES]
+        + [_pm(r['epoch_time_s'], r['epoch_time_s_std']), f'{r["epoch_time_s_ratio"]:.2f}',
+           f'{r["memory_mib"]:,.1f}', f'{r["memory_mib_ratio"]:.2f}']) + ' |')
+  lines += ['', '## Difference to vit (mean of the variant − mean of vit, 95 % Welch t '
+            'interval over seeds)', '',
+            '| variant | ' + ' | '.join(t for _, t, _ in ACCURACIES) + ' |',
+            '|---|' + '---|' * len(ACCURACIES)]
+  for r in rows:
+    if r['variant'] != BASELINE:
+      lines.append(f'| {r["variant"]} | ' + ' | '.join(
+          r[k + '_vs_vit'].describe('') if r[k + '_vs_vit'] else '— (no vit runs)'
+          for k, _, _ in ACCURACIES) + ' |')
+  lines += ['', f'Mean ± sample std (ddof 1) over {n} seeds. "best" is the best epoch\'s '
+            'validation accuracy (model selection on the validation set: optimistic); "final" '
+            'and the gap are at the last epoch. Train accuracy: the training images evaluated '
+            'without augmentation, dropout or BDIA\'s γ, as validation is. Time per epoch: '
+            'training steps only, mean over epochs after the first (which compiles), then over '
+            'seeds, divided by the models of the program (on a CPU they run one after another): '
+            'the time one model takes. Memory: XLA\'s compiled training program for all '
+            'seeds of the variant. An interval that covers 0 reads "'
+            + stats.NO_DIFFERENCE.format(n=n) + '".', '', '## Invocations', '']
+  for inv in manifest.get('invocations', []):
+    lines.append(f'- {inv["started"]}: commit {inv["commit"]}, {inv["cpu"]} ({inv["cores"]} '
+                 f'cores), Python {inv["python"]}, jax {inv["jax"]}, {inv["device"]}')
+  if manifest.get('changes'):
+    lines.append(f'- changed from the study\'s definition: {" ".join(manifest["changes"])}')
+  return '\n'.join(lines) + '\n'
+
+
+def _csv(rows, path):
+  fields = ['variant', 'n_seeds', 'finished']
+  for k, _, _ in ACCURACIES:
+    fields += [k + '_mean', k + '_std', k + '_per_seed', k + '_vs_vit', k + '_vs_vit_low',
+               k + '_vs_vit_high']
+  fields += ['epoch_time_s', 'epoch_time_s_ratio', 'memory_mib', 'memory_mib_ratio']
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fields)
+    w.writeheader()
+    for r in rows:
+      out = dict(variant=r['variant'], n_seeds=len(r['seeds']), finished=r['finished'])
+      for k, _, _ in ACCURACIES:
+        d = r[k + '_vs_vit']
+        out.update({k + '_mean': r[k + '_mean'], k + '_std': r[k + '_std'],
+                    k + '_per_seed': ';'.join(f'{v:.2f}' for v in r[k]),
+                    k + '_vs_vit': d.diff if d else '', k + '_vs_vit_low': d.low if d else '',
+                    k + '_vs_vit_high': d.high if d else ''})
+      out.update({k: r[k] for k in fields[-4:]})
+      w.writerow({k: f'{v:.4g}' if isinstance(v, float) else v for k, v in out.items()})
+
+
+def _plots(runs_by_variant, rows, out):
+  """val_acc.png and gap.png: each variant's mean over seeds with a min–max band."""
+  plot_rows = [dict(label=r['variant'], variant=r['variant'], n_seeds=len(r['seeds']),
+                    n_finished=r['finished']) for r in rows]
+  curves = {v: [dict(m, gap=m['train_eval_acc'] - m['val_acc'])
+                for m in (run['metrics'] for run in runs)]
+            for v, runs in runs_by_variant.items()}
+  plots.plot_curves(plot_rows, curves, 'val_acc', os.path.join(out, 'val_acc.png'),
+                    'Validation accuracy per epoch', 'validation accuracy (%)', scale=100.0)
+  plots.plot_curves(plot_rows, curves, 'gap', os.path.join(out, 'gap.png'),
+                    'Train − validation accuracy per epoch (train images unaugmented)',
+                    'train − val accuracy (points)', scale=100.0)
+
+
+def write_study_report(workdir: str, out: str, name: str, study) -> list[dict]:
+  """Writes the study's report from the runs under ``workdir``; returns its rows."""
+  runs = load_runs(workdir)
+  rows = summarize(runs)
+  manifest_path = os.path.join(workdir, 'study.json')
+  manifest = run_files.read_json(manifest_path) if os.path.exists(manifest_path) else {}
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'study.md'), 'w') as f:
+    f.write(_markdown(rows, name, study, manifest))
+  _csv(rows, os.path.join(out, 'study.csv'))
+  _plots(runs, rows, out)
+  return rows
