@@ -43,10 +43,13 @@ class ViT(nn.Module):
                         parent=None)
 
   @nn.compact
-  def __call__(self, images, train: bool = False, probe: Optional[tuple] = None):
+  def __call__(self, images, train: bool = False, probe: Optional[tuple] = None,
+               gamma: Optional[jax.Array] = None):
     """Logits for ``images`` [B, H, W, C] (normalised floats).
 
-    Training needs the 'dropout' PRNG stream (dropout and BDIA's γ). ``probe`` (train
+    Training needs the 'dropout' PRNG stream (dropout and BDIA's γ). ``gamma`` [depth, B]
+    (training, BDIA only) replaces the drawn γ with given ±1/2 values; block 0's is
+    always 0 (parity with the original, whose γ comes from torch's generator). ``probe`` (train
     only, reversible variants; zeros from ``probe_like``) switches the probe on: the call
     then returns (logits, block inputs), and the gradient for ``probe`` is the block
     inputs the backward pass rebuilt (``reversible.reversible_stack``).
@@ -63,6 +66,8 @@ class ViT(nn.Module):
         lambda k: block.init(k, x[:1])['params'])(jax.random.split(rng, self.depth)))
     variant = variants.make_variant(self.variant, self.quant_bits, self.beta_bits)
     keys, aux = self._block_randomness(variant, train, x.shape[0])
+    if gamma is not None and aux is not None and train:
+      aux = jnp.asarray(gamma, jnp.float32).reshape(aux.shape).at[0].set(0.0)
 
     def branch_fn(p, name, h_in, key):
       return block.apply({'params': p}, h_in, not train, rngs={'dropout': key},
@@ -78,7 +83,9 @@ class ViT(nn.Module):
     else:
       streams = reversible.autodiff_stack(variant, branch_fn, params, streams, aux, keys)
 
-    x = fixed_order.LayerNorm(epsilon=layers.LN_EPS, dtype=self.dtype)(variant.readout(streams)[:, 0])
+    features = variant.readout(streams)[:, 0]
+    self.sow('intermediates', 'head_input', features)  # with mutable=['intermediates']
+    x = fixed_order.LayerNorm(epsilon=layers.LN_EPS, dtype=self.dtype)(features)
     logits = layers.torch_linear(self.num_classes, x.shape[-1], dtype=self.dtype)(x)
     logits = logits.astype(self.stream_dtype)
     return (logits, block_inputs) if probe is not None else logits

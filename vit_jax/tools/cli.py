@@ -83,10 +83,11 @@ def setup_logging():
     logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def parse(argv, prog: str):
+def parse(argv, prog: str, positional: bool = False):
   """Parses absl flags; a bad flag, override or config file is one line on stderr, exit 2.
 
   ``--help`` (``-h``, ``--helpfull``) prints the program's docstring and its flags, exit 0.
+  Returns the flags, or with ``positional`` (flags, the arguments that are not flags).
   """
   setup_logging()
   if any(a in ('--help', '-h', '--helpfull', '-?') for a in argv[1:]):
@@ -95,7 +96,7 @@ def parse(argv, prog: str):
     print(f'{doc}\n\nflags:\n{config}\n{flags.FLAGS.main_module_help()}'.lstrip())
     sys.exit(0)
   try:
-    flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)[1:]
     config = flags.FLAGS.config
     if config is not None:
       config.keys()  # a lazily loaded config file fails here
@@ -113,7 +114,7 @@ def parse(argv, prog: str):
                'configs/*.py')
   if config is None:
     fail(prog, '--config is required, e.g. --config configs/vit_cifar10.py')
-  return flags.FLAGS
+  return (flags.FLAGS, rest) if positional else flags.FLAGS
 
 
 def fail(prog: str, message: str, code: int = EXIT_ERROR, label: str = 'error'):
