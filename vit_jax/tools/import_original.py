@@ -52,9 +52,11 @@ def read_state_dict(path: str) -> dict:
 def import_run(config, state_dict: dict, workdir: str):
   """Writes ``workdir``'s step-0 checkpoint with the imported parameters; returns
   (model, params, data set, data info) for an evaluation."""
+  # lazy, as in main: a bad flag fails before JAX loads
   import jax  # pylint: disable=import-outside-toplevel
-  from vit_jax.models import original_state_dict, vit as model_lib
-  from vit_jax.training import checkpoints, config_checks, data, optim, run_files, train_step
+  from vit_jax.models import original_state_dict, vit as model_lib  # lazy (see above)
+  from vit_jax.training import (checkpoints, config_checks, data, optim,  # lazy
+                                run_files, train_step)
   config_checks.check_config(config, num_devices=1)
   if config.parallel_seeds != 1:
     raise config_checks.ConfigError('config.parallel_seeds must be 1: one imported model')
