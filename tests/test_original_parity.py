@@ -29,7 +29,8 @@ import pytest
 import train_helpers as th
 from vit_jax.models import original_state_dict as osd
 from vit_jax.models import vit as model_lib
-from vit_jax.training import checkpoints, train_step
+from vit_jax.tools import import_original
+from vit_jax.training import checkpoints, config_defaults, train_lib, train_step
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'original_parity.npz')
 SHAPE = dict(patch_size=4, num_classes=10, dim=32, depth=3, heads=2, dim_head=16, mlp_dim=64,
@@ -136,36 +137,34 @@ def test_the_mapping_uses_every_tensor_once_both_ways(fixture):
     osd.entries('revvit')
 
 
-def test_a_model_trained_with_the_original_imports_evaluates_and_fine_tunes(tmp_path_factory,
-                                                                           fixture):
+def test_a_model_trained_with_the_original_imports_evaluates_and_fine_tunes(tmp_path, fixture):
   """import_original on an .npz of the original's state_dict (DataParallel names): the
-  checkpoint holds the original's function, --evaluate prints an accuracy, train.py
-  resumes from it; a torch file without torch installed is one line, nothing written."""
-  tmp = tmp_path_factory.mktemp('import')
-  env = th.cli_env(th.compile_cache(tmp_path_factory))
+  step-0 checkpoint holds the original's function and train.py's trainer resumes from it;
+  a torch file without torch installed is one line from the command, nothing written."""
   c = case(fixture, 'vit_cifar10')
-  weights = tmp / 'vit_small.npz'
+  weights = tmp_path / 'vit_small.npz'
   np.savez(weights, **{f'module.{k}': v for k, v in c['sd'].items()})
-  images = th.make_image_folder(tmp / 'data', classes=10, train=2, test=1, size=32)
-  shape = [f'--config.model.{k}={v}' for k, v in SHAPE.items() if k != 'patch_size']
-  config = ['--config', 'configs/vit_cifar10.py', f'--config.dataset=folder:{images}',
-            '--config.batch_size=4', '--config.eval_batch_size=4', '--config.num_epochs=1',
-            '--config.progress_bar=False', '--config.tensorboard=False', *shape]
-  tool = [sys.executable, '-m', 'vit_jax.tools.import_original']
-  done = th.run([*tool, str(weights), '--workdir', str(tmp / 'run'), *config, '--evaluate'], env)
-  assert done.returncode == 0, done.stderr
-  assert '10 evaluation images: accuracy' in done.stdout
-  step, train, _ = checkpoints.load_arrays(str(tmp / 'run'))
-  model = model_lib.ViT(variant='vit', **SHAPE)
-  logits = model.apply({'params': train['state']['params']}, c['x'], train=False)
-  assert step == 0 and rel(logits, c['eval_logits']) < 1e-5
-  tuned = th.run(th.train_cmd(tmp / 'run', *config[2:]), env)
-  assert tuned.returncode == 0 and 'resuming from the checkpoint at step 0' in tuned.stderr
+  images = th.make_image_folder(tmp_path / 'data', classes=10, train=2, test=1, size=32)
+  config = config_defaults.preset('vit', 'cifar10')
+  config_defaults.apply_overrides(config, [
+      f'--config.dataset=folder:{images}', '--config.batch_size=4', '--config.num_epochs=1',
+      '--config.eval_batch_size=4', '--config.progress_bar=False', '--config.tensorboard=False',
+      *(f'--config.model.{k}={v}' for k, v in SHAPE.items())])
+  run = str(tmp_path / 'run')
+  state_dict = import_original.read_state_dict(str(weights))
+  model, params, _, _ = import_original.import_run(config, state_dict, run)
+  assert rel(model.apply({'params': params}, c['x'], train=False), c['eval_logits']) < 1e-5
+  step, train, _ = checkpoints.load_arrays(run)
+  assert step == 0 and th.same_arrays(jax.tree.leaves(train['state']['params']),
+                                      jax.tree.leaves(jax.tree.map(np.asarray, params)))
+  summary = train_lib.train_and_evaluate(config, run)
+  assert summary['resumed_from_step'] == 0 and summary['epochs_completed'] == 1
 
-  (tmp / 'net-ckpt.t7').write_bytes(b'not read without torch')
-  no_torch = th.run([*tool, str(tmp / 'net-ckpt.t7'), '--workdir', str(tmp / 'w2'), *config],
-                    env)
-  assert no_torch.returncode == 2 and not (tmp / 'w2').exists()
+  (tmp_path / 'net-ckpt.t7').write_bytes(b'not read without torch')
+  no_torch = th.run([sys.executable, '-m', 'vit_jax.tools.import_original',
+                     str(tmp_path / 'net-ckpt.t7'), '--workdir', str(tmp_path / 'w2'),
+                     '--config', 'configs/vit_cifar10.py'], th.cli_env(tmp_path / 'cache'))
+  assert no_torch.returncode == 2 and not (tmp_path / 'w2').exists()
   assert no_torch.stderr.strip().splitlines() == [
-      f'import_original: error: reading {tmp / "net-ckpt.t7"} needs torch: pip install -e '
+      f'import_original: error: reading {tmp_path / "net-ckpt.t7"} needs torch: pip install -e '
       '".[torch]", or save the state_dict as .npz (numpy.savez(file, **{k: v.numpy() ...}))']

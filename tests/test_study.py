@@ -61,10 +61,11 @@ def test_no_interval_without_two_seeds_or_any_spread():
 # ---------------------------------------------------------------- the report's numbers
 def _run(variant, seed, val, train):
   val, train = np.array(val), np.array(train)
-  return dict(variant=variant, seed=seed, epochs=len(val), finished=True, epoch_time_s=6.0,
+  return dict(variant=variant, seed=seed, epochs=len(val), finished=True,
               config={'parallel_seeds': 3},
               peak_memory_mib=100.0 if variant == 'vit' else 50.0,
-              metrics=dict(epoch=np.arange(1, len(val) + 1), val_acc=val, train_eval_acc=train))
+              metrics=dict(epoch=np.arange(1, len(val) + 1), val_acc=val, train_eval_acc=train,
+                           epoch_time_s=np.array([20.0, 6.0, 6.0])))
 
 
 def test_study_rows_take_best_final_and_gap_per_seed_then_compare_with_vit():
@@ -80,7 +81,13 @@ def test_study_rows_take_best_final_and_gap_per_seed_then_compare_with_vit():
   assert bdia['gap'] == pytest.approx([16, 13, 10]) and bdia['gap_mean'] == pytest.approx(13)
   assert bdia['final_val_vs_vit'].diff == pytest.approx(6) and bdia['gap_vs_vit'].detectable
   assert bdia['memory_mib_ratio'] == 0.5 and bdia['epoch_time_s_ratio'] == 1.0
-  assert vit['epoch_time_s'] == 2.0  # a 3-model program's epoch: 2 s a model
+  assert vit['epoch_time_s'] == 2.0  # 6 s a 3-model program's epoch
+
+
+def test_epoch_time_is_one_models_share_of_the_median_epoch_after_the_first():
+  run = dict(config={'parallel_seeds': 3},
+             metrics={'epoch_time_s': np.array([20.0, 6.0, 60.0, 6.3, 5.7])})
+  assert study_report.epoch_time(run) == pytest.approx(6.15 / 3)  # 60 s: another job's load
 
 
 # ---------------------------------------------------------------- the subset rule

@@ -96,10 +96,14 @@ def main(argv=None):
   args, files = cli.parse(argv or sys.argv, PROG, positional=True)
   if len(files) != 1 or not args.workdir:
     cli.fail(PROG, 'usage: python -m vit_jax.tools.import_original FILE --config C --workdir W')
+  try:
+    state_dict = read_state_dict(files[0])  # before JAX loads: a bad file fails at once
+  except ValueError as e:
+    cli.fail(PROG, str(e))
   from vit_jax.training import evaluation, parallel  # lazy: a bad flag fails before JAX loads
   from vit_jax.training.run_control import UserError
   try:
-    model, params, ds, info = import_run(args.config, read_state_dict(files[0]), args.workdir)
+    model, params, ds, info = import_run(args.config, state_dict, args.workdir)
   except (UserError, ValueError) as e:  # MappingError is a ValueError
     cli.fail(PROG, str(e))
   print(f'{PROG}: {files[0]} -> {args.workdir} (step 0; train.py with the same --config '

@@ -105,7 +105,6 @@ def record_invocation(workdir: str, name: str, changes: list[str], prog: str) ->
 
   Refuses (SystemExit, exit 2) a workdir that holds another study or other changes.
   """
-  import jax  # lazy: a bad flag fails before JAX loads
   path = os.path.join(workdir, 'study.json')
   manifest = run_files.read_json(path) if os.path.exists(path) else \
       {'study': name, 'changes': changes, 'invocations': []}
@@ -114,6 +113,7 @@ def record_invocation(workdir: str, name: str, changes: list[str], prog: str) ->
           f'{manifest.get("changes") or "none"}; this is {name!r} with {changes or "none"}: '
           'use another --workdir', file=sys.stderr)
     sys.exit(2)
+  import jax  # lazy: a bad flag or workdir fails before JAX loads
   manifest['invocations'].append(dict(
       started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       commit=_commit(), cpu=cpu_model(), cores=os.cpu_count(),

@@ -40,6 +40,16 @@ def load_runs(workdir: str) -> dict[str, list[dict]]:
           for v in sorted(by_variant, key=lambda v: order.get(v, len(order)))}
 
 
+def epoch_time(run: dict) -> float:
+  """One model's training time per epoch: the median over epochs after the first (which
+  compiles) of its program's epoch time, over the models the program trains (on a CPU
+  they run one after another). A median, since other work on a shared machine slows a
+  few epochs."""
+  times = run['metrics']['epoch_time_s']
+  times = times[1:] if len(times) > 1 else times
+  return float(np.nanmedian(times)) / (run['config'] or {}).get('parallel_seeds', 1)
+
+
 def summarize(runs_by_variant: dict[str, list[dict]]) -> list[dict]:
   """One row per variant: per-seed values, mean ± std, and the difference to vit."""
   rows = []
@@ -50,8 +60,8 @@ def summarize(runs_by_variant: dict[str, list[dict]]) -> list[dict]:
     for key, _, of in ACCURACIES:
       row[key] = [float(of(r['metrics'])) for r in runs]
       row[key + '_mean'], row[key + '_std'] = stats.mean_std(row[key])
-    row['epoch_time_s'], row['epoch_time_s_std'] = stats.mean_std(  # a program's epoch / models
-        [r['epoch_time_s'] / (r['config'] or {}).get('parallel_seeds', 1) for r in runs])
+    row['epoch_time_s'], row['epoch_time_s_std'] = stats.mean_std(
+        [epoch_time(r) for r in runs])
     row['memory_mib'] = max((r['peak_memory_mib'] for r in runs
                              if r['peak_memory_mib'] is not None), default=float('nan'))
     rows.append(row)
@@ -96,9 +106,9 @@ def _markdown(rows, name, study, manifest) -> str:
             'validation accuracy (model selection on the validation set: optimistic); "final" '
             'and the gap are at the last epoch. Train accuracy: the training images evaluated '
             'without augmentation, dropout or BDIA\'s γ, as validation is. Time per epoch: '
-            'training steps only, mean over epochs after the first (which compiles), then over '
-            'seeds, divided by the models of the program (on a CPU they run one after another): '
-            'the time one model takes. Memory: XLA\'s compiled training program for all '
+            'training steps only, one model\'s share of its program\'s epoch (on a CPU the '
+            'seeds run one after another), median over epochs after the first (which '
+            'compiles), then mean ± std over seeds. Memory: XLA\'s compiled training program for all '
             'seeds of the variant. An interval that covers 0 reads "'
             + stats.NO_DIFFERENCE.format(n=n) + '".', '', '## Invocations', '']
   for inv in manifest.get('invocations', []):
