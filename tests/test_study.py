@@ -64,7 +64,8 @@ def _run(variant, seed, val, train):
   return dict(variant=variant, seed=seed, epochs=len(val), finished=True,
               config={'parallel_seeds': 3},
               peak_memory_mib=100.0 if variant == 'vit' else 50.0,
-              metrics=dict(epoch=np.arange(1, len(val) + 1), val_acc=val, train_eval_acc=train,
+              metrics=dict(epoch=np.arange(1, len(val) + 1), step=10 * np.arange(1, len(val) + 1),
+                           val_acc=val, train_eval_acc=train,
                            epoch_time_s=np.array([20.0, 6.0, 6.0])))
 
 
@@ -73,7 +74,9 @@ def test_study_rows_take_best_final_and_gap_per_seed_then_compare_with_vit():
                   for s in range(3)],
           'bdia': [_run('bdia', s, [0.3, 0.45, 0.44 + s / 100], [0.4, 0.5, 0.6 - s / 50])
                    for s in range(3)]}
-  vit, bdia = study_report.summarize(runs)
+  sitting = {'rows': [{'variant': 'vit', 'step_time_ms': 100.0},
+                      {'variant': 'bdia', 'step_time_ms': 130.0}]}
+  vit, bdia = study_report.summarize(runs, sitting)
   assert vit['best_val'] == pytest.approx([50, 51, 52])
   assert vit['final_val'] == pytest.approx([40, 39, 38])
   assert vit['gap'] == pytest.approx([40, 39, 38]) and vit['gap_vs_vit'] is None
@@ -82,6 +85,8 @@ def test_study_rows_take_best_final_and_gap_per_seed_then_compare_with_vit():
   assert bdia['final_val_vs_vit'].diff == pytest.approx(6) and bdia['gap_vs_vit'].detectable
   assert bdia['memory_mib_ratio'] == 0.5 and bdia['epoch_time_s_ratio'] == 1.0
   assert vit['epoch_time_s'] == 2.0  # 6 s a 3-model program's epoch
+  assert (vit['sitting_epoch_s'], bdia['sitting_epoch_s']) == (1.0, 1.3)  # 10 steps an epoch
+  assert bdia['sitting_epoch_s_ratio'] == pytest.approx(1.3)
 
 
 def test_epoch_time_is_one_models_share_of_the_median_epoch_after_the_first():
@@ -128,12 +133,16 @@ def test_a_tiny_study_trains_reports_and_resumes_without_training_again(tmp_path
   assert len(gaps) == 3 and all(-100 <= g <= 100 for g in gaps)
   assert sorted(p.name for p in (work / 'study_report').glob('*.png')) == ['gap.png',
                                                                            'val_acc.png']
+  timed = json.loads((work / 'step_times.json').read_text())  # once, when all had finished
+  assert [r['variant'] for r in timed['rows']] == ['vit'] and timed['rows'][0]['step_time_ms'] > 0
+  assert float(rows[0]['sitting_epoch_s']) > 0
 
   again = th.run(cmd + changes, env)
   assert again.returncode == 0 and 'finished, skipped' in again.stdout
   assert list(csv.DictReader(open(work / 'study_report' / 'study.csv'))) == rows
   manifest = json.loads((work / 'study.json').read_text())
   assert len(manifest['invocations']) == 2 and manifest['changes'] == changes
+  assert json.loads((work / 'step_times.json').read_text()) == timed  # not timed again
   assert 'changed from the study\'s definition' in (work / 'study_report' / 'study.md').read_text()
 
   other = th.run(cmd + changes[:-1], env)

@@ -55,9 +55,18 @@ def train_flops_per_image(c) -> float:
 
 def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[str],
             warmup: int = 2, device_peak: bool = False, models: int = 1) -> dict:
-  """Compiles and times one configuration in this process.
+  """Compiles and times one configuration of the CIFAR-10 preset in this process.
 
-  ``models`` seed-parallel models train in one program. ``warmup`` untimed steps run as
+  ``models`` seed-parallel models train in one program (``measure_config``)."""
+  from vit_jax.training import program  # lazy, as below
+  return measure_config(program.make_config(variant, depth, batch, overrides, models),
+                        n_steps, warmup, device_peak)
+
+
+def measure_config(c, n_steps: int, warmup: int = 2, device_peak: bool = False) -> dict:
+  """Compiles and times the training program of config ``c`` in this process.
+
+  ``c.parallel_seeds`` models train in one program. ``warmup`` untimed steps run as
   one chunk, then ``n_steps`` timed steps as another, as training dispatches them: the
   step time is that chunk's time over ``n_steps``; images/s and MFU count every model.
   ``device_peak``: report the device's peak bytes in use (a fresh process per
@@ -67,10 +76,10 @@ def measure(variant: str, depth: int, batch: int, n_steps: int, overrides: list[
   import jax  # lazy here and below: a bad flag is reported before JAX loads
   import numpy as np
   from vit_jax.training import program
-  c = program.make_config(variant, depth, batch, overrides, models)
-  row = dict(variant=variant, depth=depth, batch_size=batch, parallel_seeds=models,
-             device=jax.devices()[0].device_kind, dtype='bfloat16' if c.bf16 else 'float32',
-             status='ok')
+  models, batch = c.parallel_seeds, c.batch_size
+  row = dict(variant=c.model.variant, depth=c.model.depth, batch_size=batch,
+             parallel_seeds=models, device=jax.devices()[0].device_kind,
+             dtype='bfloat16' if c.bf16 else 'float32', status='ok')
   try:
     t0 = time.perf_counter()
     compiled, abstract_state, make_inputs = program.compile_train_step(c)

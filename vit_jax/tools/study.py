@@ -9,7 +9,9 @@ the regime a 2-core CPU can train to convergence and to overfitting, where "does
 X generalise differently from vit?" has an answer. It runs ``vit_jax.tools.compare``
 (every variant's seeds in one program, each an ordinary train.py run), so rerunning the
 same command resumes where it stopped, bit-identically, and skips what is finished.
-compare's generic report goes to ``WORKDIR/report``; then ``study_report`` writes the
+compare's generic report goes to ``WORKDIR/report``. When every run has finished, each
+variant's training step is timed once more, one after another with nothing else training
+(``WORKDIR/step_times.json``; again with ``--time``). Then ``study_report`` writes the
 study's table with 95 % intervals and the curves.
 
 ``--config.x=y`` changes the study (a smaller budget, say); such a run is recorded in
@@ -124,6 +126,26 @@ def record_invocation(workdir: str, name: str, changes: list[str], prog: str) ->
   return manifest
 
 
+def time_steps(workdir: str, study: Study, dataset: str, names: list[str], changes: list[str],
+               steps: int = 5) -> dict:
+  """One model's training step of each variant, timed one after another in this process
+  (``bench.measure_config``), written to ``WORKDIR/step_times.json``: a same-sitting
+  comparison of speed, where the runs' own epoch times depend on what else the machine
+  did while each trained."""
+  from vit_jax.tools import bench  # lazy: imports JAX
+  rows = []
+  for name in names:
+    c = compare.run_config(name, dataset, 0, study_overrides(study, changes))
+    c.parallel_seeds = 1
+    row = bench.measure_config(c, steps)
+    rows.append({k: row.get(k) for k in ('variant', 'step_time_ms', 'compile_s', 'status')})
+    print(f'{name}: {row.get("step_time_ms")} ms a step', flush=True)
+  out = dict(measured=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+             commit=_commit(), cpu=cpu_model(), steps=steps, rows=rows)
+  run_files.write_json(os.path.join(workdir, 'step_times.json'), out)
+  return out
+
+
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   changes = [a for a in argv if a.startswith('--config.')]
@@ -136,6 +158,8 @@ def main(argv=None):
   p.add_argument('--variants', default=','.join(variants.VARIANTS),
                  help='a part of the study (default: all five)')
   p.add_argument('--report-only', action='store_true', help='write the report, train nothing')
+  p.add_argument('--time', action='store_true', help='time every variant\'s step again '
+                 '(done once by itself when the last run has finished)')
   p.add_argument('--out', help='where the report goes (default: WORKDIR/study_report)')
   args = p.parse_args([a for a in argv if not a.startswith('--config.')])
   study = STUDIES[args.study]
@@ -156,6 +180,9 @@ def main(argv=None):
       status = e.code
       if status not in (None, 0, 2):
         raise
+    if args.time or (not status and not os.path.exists(os.path.join(workdir,
+                                                                     'step_times.json'))):
+      time_steps(workdir, study, f'{study.dataset}:{data}', args.variants.split(','), changes)
   study_report.write_study_report(workdir, out, args.study, study)
   print(f'study report: {os.path.join(out, "study.md")}')
   return status or 0

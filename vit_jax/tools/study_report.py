@@ -50,8 +50,12 @@ def epoch_time(run: dict) -> float:
   return float(np.nanmedian(times)) / (run['config'] or {}).get('parallel_seeds', 1)
 
 
-def summarize(runs_by_variant: dict[str, list[dict]]) -> list[dict]:
-  """One row per variant: per-seed values, mean ± std, and the difference to vit."""
+def summarize(runs_by_variant: dict[str, list[dict]],
+              step_times: dict | None = None) -> list[dict]:
+  """One row per variant: per-seed values, mean ± std, and the difference to vit.
+
+  ``step_times``: ``study.time_steps``'s record; each variant's step time measured in one
+  sitting, as ms per step and as seconds per epoch (its runs' steps per epoch)."""
   rows = []
   for variant, runs in runs_by_variant.items():
     row = dict(variant=variant, seeds=[r['seed'] for r in runs],
@@ -62,6 +66,10 @@ def summarize(runs_by_variant: dict[str, list[dict]]) -> list[dict]:
       row[key + '_mean'], row[key + '_std'] = stats.mean_std(row[key])
     row['epoch_time_s'], row['epoch_time_s_std'] = stats.mean_std(
         [epoch_time(r) for r in runs])
+    step_ms = {t['variant']: t['step_time_ms'] for t in (step_times or {}).get('rows', [])}
+    row['sitting_step_ms'] = step_ms.get(variant) or float('nan')
+    row['sitting_epoch_s'] = row['sitting_step_ms'] / 1e3 * runs[0]['metrics']['step'][0] \
+        if 'step' in runs[0]['metrics'] else float('nan')
     row['memory_mib'] = max((r['peak_memory_mib'] for r in runs
                              if r['peak_memory_mib'] is not None), default=float('nan'))
     rows.append(row)
@@ -70,7 +78,7 @@ def summarize(runs_by_variant: dict[str, list[dict]]) -> list[dict]:
     for key, _, _ in ACCURACIES:
       row[key + '_vs_vit'] = (stats.welch_difference(base[key], row[key])
                               if base and row is not base else None)
-    for key in ('epoch_time_s', 'memory_mib'):
+    for key in ('epoch_time_s', 'sitting_epoch_s', 'memory_mib'):
       row[key + '_ratio'] = row[key] / base[key] if base else float('nan')
   return rows
 
@@ -80,10 +88,11 @@ def _pm(mean, std) -> str:
       else f'{mean:.2f}'
 
 
-def _markdown(rows, name, study, manifest) -> str:
+def _markdown(rows, name, study, manifest, step_times) -> str:
   n = max((len(r['seeds']) for r in rows), default=0)
   head = ('| variant | seeds | epochs | ' + ' | '.join(t for _, t, _ in ACCURACIES)
-          + ' | time/epoch (s) | ×vit | memory (MiB) | ×vit |')
+          + ' | time/epoch (s) | ×vit | time/epoch, one sitting (s) | ×vit | memory (MiB) '
+          '| ×vit |')
   lines = [f'# Study {name}', '', f'Subsets: {study.rule}.', '', f'Model and recipe: {study.why}.',
            '', head, '|' + '---|' * (head.count('|') - 1)]
   for r in rows:
@@ -92,6 +101,7 @@ def _markdown(rows, name, study, manifest) -> str:
          '/'.join(map(str, r['epochs']))]
         + [_pm(r[k + '_mean'], r[k + '_std']) for k, _, _ in ACCURACIES]
         + [_pm(r['epoch_time_s'], r['epoch_time_s_std']), f'{r["epoch_time_s_ratio"]:.2f}',
+           _pm(r['sitting_epoch_s'], float('nan')), f'{r["sitting_epoch_s_ratio"]:.2f}',
            f'{r["memory_mib"]:,.1f}', f'{r["memory_mib_ratio"]:.2f}']) + ' |')
   lines += ['', '## Difference to vit (mean of the variant − mean of vit, 95 % Welch t '
             'interval over seeds)', '',
@@ -108,12 +118,18 @@ def _markdown(rows, name, study, manifest) -> str:
             'without augmentation, dropout or BDIA\'s γ, as validation is. Time per epoch: '
             'training steps only, one model\'s share of its program\'s epoch (on a CPU the '
             'seeds run one after another), median over epochs after the first (which '
-            'compiles), then mean ± std over seeds. Memory: XLA\'s compiled training program for all '
-            'seeds of the variant. An interval that covers 0 reads "'
+            'compiles), then mean ± std over seeds; it depends on what else the machine did '
+            'meanwhile. One sitting: one model\'s training step of each variant timed one '
+            'after another with nothing else training (step_times.json), times the '
+            'steps of an epoch: the fair speed comparison. Memory: XLA\'s compiled training '
+            'program for all seeds of the variant. An interval that covers 0 reads "'
             + stats.NO_DIFFERENCE.format(n=n) + '".', '', '## Invocations', '']
   for inv in manifest.get('invocations', []):
     lines.append(f'- {inv["started"]}: commit {inv["commit"]}, {inv["cpu"]} ({inv["cores"]} '
                  f'cores), Python {inv["python"]}, jax {inv["jax"]}, {inv["device"]}')
+  if step_times:
+    lines.append(f'- one-sitting step times: {step_times["measured"]}, commit '
+                 f'{step_times["commit"]}, {step_times["cpu"]}, {step_times["steps"]} steps each')
   if manifest.get('changes'):
     lines.append(f'- changed from the study\'s definition: {" ".join(manifest["changes"])}')
   return '\n'.join(lines) + '\n'
@@ -124,7 +140,8 @@ def _csv(rows, path):
   for k, _, _ in ACCURACIES:
     fields += [k + '_mean', k + '_std', k + '_per_seed', k + '_vs_vit', k + '_vs_vit_low',
                k + '_vs_vit_high']
-  fields += ['epoch_time_s', 'epoch_time_s_ratio', 'memory_mib', 'memory_mib_ratio']
+  fields += ['epoch_time_s', 'epoch_time_s_ratio', 'sitting_epoch_s', 'sitting_epoch_s_ratio',
+             'memory_mib', 'memory_mib_ratio']
   with open(path, 'w', newline='') as f:
     w = csv.DictWriter(f, fields)
     w.writeheader()
@@ -136,7 +153,7 @@ def _csv(rows, path):
                     k + '_per_seed': ';'.join(f'{v:.2f}' for v in r[k]),
                     k + '_vs_vit': d.diff if d else '', k + '_vs_vit_low': d.low if d else '',
                     k + '_vs_vit_high': d.high if d else ''})
-      out.update({k: r[k] for k in fields[-4:]})
+      out.update({k: r[k] for k in fields[-6:]})
       w.writerow({k: f'{v:.4g}' if isinstance(v, float) else v for k, v in out.items()})
 
 
@@ -157,12 +174,13 @@ def _plots(runs_by_variant, rows, out):
 def write_study_report(workdir: str, out: str, name: str, study) -> list[dict]:
   """Writes the study's report from the runs under ``workdir``; returns its rows."""
   runs = load_runs(workdir)
-  rows = summarize(runs)
-  manifest_path = os.path.join(workdir, 'study.json')
-  manifest = run_files.read_json(manifest_path) if os.path.exists(manifest_path) else {}
+  read = lambda name: (run_files.read_json(os.path.join(workdir, name))
+                       if os.path.exists(os.path.join(workdir, name)) else {})
+  manifest, step_times = read('study.json'), read('step_times.json')
+  rows = summarize(runs, step_times)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'study.md'), 'w') as f:
-    f.write(_markdown(rows, name, study, manifest))
+    f.write(_markdown(rows, name, study, manifest, step_times))
   _csv(rows, os.path.join(out, 'study.csv'))
   _plots(runs, rows, out)
   return rows
