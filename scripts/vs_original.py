@@ -5,11 +5,14 @@
 
 The original's code comes from a checkout of CarlYoungq/ResearchProj (its ``models/``);
 torch lives in a scratch venv that this script creates on first use (``pip install
-torch==2.13.0 einops scipy numpy``), never in the project's environment. Two workers
-start side by side, one per framework, each builds its models once (the CIFAR-10 preset:
+torch==2.13.0 einops scipy numpy``), never in the project's environment. Four workers
+start side by side, one per framework and variant, each builds its model once (the CIFAR-10 preset:
 dim 512, depth 6, 8 heads of 64, MLP 512, dropout 0.1, batch 128, float32, SET-Adam) and
-then waits; the parent asks them in turn for ``--steps`` timed steps per variant, round
-after round, so the two never run at once and drifts of the machine's load hit both.
+then waits (one program per process: vit-jax's vit step took 7.9 s instead of 6.7 s in a
+process that also held bdia's program); the parent asks them in turn for ``--steps`` timed steps per variant, round
+after round, so the two never run at once and drifts of the machine's load hit both
+(``OMP_WAIT_POLICY=PASSIVE``: PyTorch's idle OpenMP threads would otherwise spin while
+the others run).
 Prints ms per step per round, the medians, and vit-jax's speed over the original's.
 
 The original's step: ``model.train()``, forward, cross-entropy, backward, ``SETAdam.step``
@@ -114,17 +117,21 @@ def main():
   if args.worker:
     return (torch_worker if args.worker == 'torch' else jax_worker)(args)
   me = os.path.abspath(__file__)
-  common = ['--original', args.original, '--variants', args.variants, '--threads',
-            str(args.threads)]
-  workers = {name: subprocess.Popen([python, me, '--worker', name, *common], text=True,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-             for name, python in (('torch', ensure_venv(args.venv)), ('jax', sys.executable))}
+  # An idle worker must not take CPU from the others: PyTorch's OpenMP threads would spin.
+  env = dict(os.environ, OMP_WAIT_POLICY='PASSIVE')
+  pythons = {'torch': ensure_venv(args.venv), 'jax': sys.executable}
+  variants = args.variants.split(',')
+  workers = {(name, v): subprocess.Popen(
+      [python, me, '--worker', name, '--original', args.original, '--variants', v,
+       '--threads', str(args.threads)], text=True, env=env, stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE) for v in variants for name, python in pythons.items()}
   versions = {name: w.stdout.readline().strip().removeprefix('ready ')
-              for name, w in workers.items()}
-  times = {(n, v): [] for n in workers for v in args.variants.split(',')}
+              for (name, _), w in workers.items()}
+  times = {key: [] for key in workers}
   for r in range(args.rounds):
-    for v in args.variants.split(','):
-      for name, w in workers.items():
+    for v in variants:
+      for name in pythons:
+        w = workers[name, v]
         w.stdin.write(f'{v} {args.steps}\n')
         w.stdin.flush()
         times[name, v].append(float(w.stdout.readline()))
