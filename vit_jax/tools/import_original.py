@@ -61,9 +61,7 @@ def import_run(config, state_dict: dict, workdir: str):
   if config.parallel_seeds != 1:
     raise config_checks.ConfigError('config.parallel_seeds must be 1: one imported model')
   config_checks.check_workdir(config, workdir)
-  ds = data.subset(data.first_per_class(data.load_dataset(config.dataset, config.data_dir),
-                                        config.train_per_class, config.eval_per_class),
-                   config.train_examples, config.eval_examples)
+  ds = data.load_for(config)
   config_checks.check_dataset_matches(config, ds)
   info = data.dataset_info(ds, config)
   model, tx = model_lib.build(config), optim.make_optimizer(config, info['steps_per_epoch'])

@@ -85,9 +85,7 @@ def _prepare(config, workdir, fresh, devices, signals, lock):
   config_checks.check_config(config, num_devices=len(devices))
   config_checks.check_workdir(config, workdir, fresh)
   lock.acquire()  # an existing workdir: before anything is read from it or written
-  ds = data.load_dataset(config.dataset, config.data_dir)
-  ds = data.first_per_class(ds, config.train_per_class, config.eval_per_class)
-  ds = data.subset(ds, config.train_examples, config.eval_examples)
+  ds = data.load_for(config)
   signals.check('while the data was loading')
   config_checks.check_dataset_matches(config, ds)
   if ds.note:

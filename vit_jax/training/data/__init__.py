@@ -1,6 +1,7 @@
 """The data: in-memory data sets for small-image training, and on-device augmentation.
 
-``load_dataset(spec, data_dir)`` returns a :class:`Dataset` of uint8 numpy arrays.
+``load_dataset(spec, data_dir)`` returns a :class:`Dataset` of uint8 numpy arrays;
+``load_for(config)`` the one a config trains on (its subsets applied).
 Accepted ``spec`` forms:
 
 * ``cifar10``, ``mnist``: through TFDS (needs TensorFlow; imported lazily, GPUs
@@ -51,6 +52,15 @@ def load_dataset(spec: str, data_dir: str = '') -> Dataset:
   if kind == 'mnist_idx':
     return load_mnist_idx(spec, path)
   return load_tfds(spec, data_dir)
+
+
+def load_for(config) -> Dataset:
+  """The data set ``config`` trains and evaluates on: ``config.dataset`` loaded, then its
+  first ``train_per_class``/``eval_per_class`` images of each class, then a random
+  ``train_examples``/``eval_examples`` of those (each 0 = all)."""
+  ds = load_dataset(config.dataset, config.data_dir)
+  ds = first_per_class(ds, config.train_per_class, config.eval_per_class)
+  return subset(ds, config.train_examples, config.eval_examples)
 
 
 def dataset_info(ds, config) -> dict[str, Any]:
