@@ -149,3 +149,16 @@ def test_one_models_nan_stops_that_model_only(runs):
   assert moments and all(not np.any(x[1]) for x in moments)
   assert all(np.any(x[0]) and np.any(x[2]) for x in moments)
   assert all(np.isfinite(x[1]).all() for x in jax.tree.leaves(train['state']['params']))
+
+
+def test_evaluate_picks_one_model_of_a_parallel_run(runs):
+  """evaluate --seed 2 on the 3-seed vit run: the accuracy seed 2's summary.json reports."""
+  tmp, env = runs[0], runs[1]
+  summary = th.run_files.read_json(str(tmp / 'vit_parallel' / 'seed2' / 'summary.json'))
+  out = th.run([sys.executable, '-m', 'vit_jax.tools.evaluate', '--workdir',
+                str(tmp / 'vit_parallel'), '--seed', '2'], env)
+  assert out.returncode == 0, out.stderr
+  assert f'seed 2, step {EPOCHS}' in out.stdout
+  assert f'accuracy {100 * summary["final_val_acc"]:.2f} % on 6 images' in out.stdout
+  loss = th.run_files.read_metrics(str(tmp / 'vit_parallel' / 'seed2' / 'metrics.csv'))['val_loss']
+  assert f'loss {loss[-1]:.4f}' in out.stdout  # seed 2's model, not seed 0's

@@ -41,7 +41,8 @@ def _legend_label(row: dict) -> str:
   return f'{row["label"]} (n={row["n_seeds"]}{extra})'
 
 
-def _figure(width: float = 7.5, height: float = 4.5):
+def new_figure(width: float = 7.5, height: float = 4.5):
+  """A Figure on its own Agg canvas and its one Axes: no pyplot, no global state."""
   # pylint: disable=import-outside-toplevel
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
@@ -78,7 +79,7 @@ def plot_curves(rows, curves, metric: str, path: str, title: str, ylabel: str,
   """
   styles, drawn = _styles(rows), 0
   unit, per_unit = _time_unit(curves) if against_time else ('', 1.0)
-  fig, ax = _figure()
+  fig, ax = new_figure()
   for row in rows:
     runs = [m for m in curves.get(row['label'], [])
             if metric in m and np.isfinite(m[metric]).any()
@@ -136,7 +137,7 @@ def plot_memory(rows, path: str) -> str | None:
   rows = _memory_rows(rows, os.path.basename(path))
   if not rows:
     return None
-  fig, ax = _figure(max(6.0, 1.0 * len(rows) + 3.0), 4.8)
+  fig, ax = new_figure(max(6.0, 1.0 * len(rows) + 3.0), 4.8)
   x = np.arange(len(rows))
   values = [r['peak_memory_mib'] for r in rows]
   bars = ax.bar(x, values, color=[variant_color(r['variant']) for r in rows],
@@ -164,7 +165,7 @@ def plot_acc_vs_memory(rows, path: str) -> str | None:
   if not rows:
     return None
   styles = _styles(rows)
-  fig, ax = _figure()
+  fig, ax = new_figure()
   for r in rows:
     color, _, marker = styles[r['label']]
     ax.errorbar(r['peak_memory_mib'], r['best_val_acc_pct_mean'], yerr=r['best_val_acc_pct_std'],
