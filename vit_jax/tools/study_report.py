@@ -74,10 +74,12 @@ def summarize(runs_by_variant: dict[str, list[dict]],
                              if r['peak_memory_mib'] is not None), default=float('nan'))
     rows.append(row)
   base = next((r for r in rows if r['variant'] == BASELINE), None)
+  done = lambda r: r['finished'] == len(r['seeds'])  # a difference of final numbers only
   for row in rows:
     for key, _, _ in ACCURACIES:
       row[key + '_vs_vit'] = (stats.welch_difference(base[key], row[key])
-                              if base and row is not base else None)
+                              if base and row is not base and done(base) and done(row)
+                              else None)
     for key in ('epoch_time_s', 'sitting_epoch_s', 'memory_mib'):
       row[key + '_ratio'] = row[key] / base[key] if base else float('nan')
   return rows
@@ -86,6 +88,10 @@ def summarize(runs_by_variant: dict[str, list[dict]],
 def _pm(mean, std) -> str:
   return '—' if not np.isfinite(mean) else f'{mean:.2f} ± {std:.2f}' if np.isfinite(std) \
       else f'{mean:.2f}'
+
+
+def _num(value, spec='.2f') -> str:
+  return format(value, spec) if np.isfinite(value) else '—'
 
 
 def _markdown(rows, name, study, manifest, step_times) -> str:
@@ -100,9 +106,9 @@ def _markdown(rows, name, study, manifest, step_times) -> str:
         [r['variant'], f'{len(r["seeds"])} ({r["finished"]} finished)',
          '/'.join(map(str, r['epochs']))]
         + [_pm(r[k + '_mean'], r[k + '_std']) for k, _, _ in ACCURACIES]
-        + [_pm(r['epoch_time_s'], r['epoch_time_s_std']), f'{r["epoch_time_s_ratio"]:.2f}',
-           _pm(r['sitting_epoch_s'], float('nan')), f'{r["sitting_epoch_s_ratio"]:.2f}',
-           f'{r["memory_mib"]:,.1f}', f'{r["memory_mib_ratio"]:.2f}']) + ' |')
+        + [_num(r['epoch_time_s']), _num(r['epoch_time_s_ratio']),
+           _num(r['sitting_epoch_s']), _num(r['sitting_epoch_s_ratio']),
+           _num(r['memory_mib'], ',.1f'), _num(r['memory_mib_ratio'])]) + ' |')
   lines += ['', '## Difference to vit (mean of the variant − mean of vit, 95 % Welch t '
             'interval over seeds)', '',
             '| variant | ' + ' | '.join(t for _, t, _ in ACCURACIES) + ' |',
@@ -110,7 +116,7 @@ def _markdown(rows, name, study, manifest, step_times) -> str:
   for r in rows:
     if r['variant'] != BASELINE:
       lines.append(f'| {r["variant"]} | ' + ' | '.join(
-          r[k + '_vs_vit'].describe('') if r[k + '_vs_vit'] else '— (no vit runs)'
+          r[k + '_vs_vit'].describe('') if r[k + '_vs_vit'] else '— (runs unfinished)'
           for k, _, _ in ACCURACIES) + ' |')
   lines += ['', f'Mean ± sample std (ddof 1) over {n} seeds. "best" is the best epoch\'s '
             'validation accuracy (model selection on the validation set: optimistic); "final" '
@@ -118,7 +124,8 @@ def _markdown(rows, name, study, manifest, step_times) -> str:
             'without augmentation, dropout or BDIA\'s γ, as validation is. Time per epoch: '
             'training steps only, one model\'s share of its program\'s epoch (on a CPU the '
             'seeds run one after another), median over epochs after the first (which '
-            'compiles), then mean ± std over seeds; it depends on what else the machine did '
+            'compiles), then mean over seeds (one program: one time); it depends on what '
+            'else the machine did '
             'meanwhile. One sitting: one model\'s training step of each variant timed one '
             'after another with nothing else training (step_times.json), times the '
             'steps of an epoch: the fair speed comparison. Memory: XLA\'s compiled training '
