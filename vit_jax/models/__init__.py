@@ -12,4 +12,5 @@ and then the network around it:
   layers.py       shifted patch tokenization, locality self-attention, the block
   fixed_order.py  LayerNorm and softmax summed in a fixed order, so that the backward
                   pass recomputes each branch bit for bit
+  original_state_dict.py  the PyTorch original's parameter names <-> the params tree
 """
